@@ -1,0 +1,3 @@
+//! Everything that talks to the kernel: device-mapper, loop devices, mounts.
+
+pub mod status;

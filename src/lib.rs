@@ -1,0 +1,15 @@
+//! dmctl: device-mapper thin pools, thin volumes and snapshot chains.
+//!
+//! The path of a command: `cli` (thin, in the binary) -> `ops` (one
+//! operation, with its transaction) -> `kernel` (dm, loop, mount) and
+//! `store` (JSON metadata under the state root).
+
+pub mod doctor;
+pub mod error;
+pub mod fsutil;
+pub mod kernel;
+pub mod names;
+pub mod tools;
+pub mod units;
+
+pub use error::{Error, Result};

@@ -1,0 +1,234 @@
+# vm-tests/lib.sh: build a guest (Debian cloud kernel + busybox initramfs) and
+# boot it under QEMU/TCG. Sourced by the entry scripts in this directory.
+#
+# The host kernel has no device-mapper, so everything that touches dm, loop or
+# mounts runs here, as root, inside a real kernel. See
+# ../shared/notes/guest-kernel.md for what was measured on these machines.
+#
+# Layout of the guest's initrd: two concatenated cpio archives (the kernel
+# unpacks them in order):
+#   base.cpio    kernel modules, busybox, e2fsprogs, xfsprogs,
+#                thin-provisioning-tools, dmsetup, lvm and their libraries.
+#                Cached in $DMCTL_VM_CACHE, keyed by kernel version and this file.
+#   project.cpio the project's binaries and test binaries at the same absolute
+#                paths as on the host (so env!("CARGO_BIN_EXE_dmctl") resolves),
+#                plus /job.sh, the job the guest runs.
+# The guest prints "DMCTL-VM-EXIT: N" when the job ends; that decides the exit
+# code. "DMCTL-VM-POWERCUT" on the console makes the host kill QEMU at once.
+
+set -euo pipefail
+
+VM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$VM_DIR/.." && pwd)
+: "${DMCTL_VM_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/dmctl-vm}"
+: "${DMCTL_VM_MEM:=3072}"
+: "${DMCTL_VM_CPUS:=2}"
+: "${DMCTL_VM_TIMEOUT:=1200}"
+
+# Modules in load order, dependencies first (dm-thin-pool fails with
+# "unknown symbol" without dm-bio-prison).
+GUEST_MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
+loop libcrc32c dm-mod dm-bufio dm-persistent-data dm-bio-prison dm-thin-pool
+dm-delay dm-flakey xfs overlay"
+
+# Programs the guest carries, by host path. Symlinks (thin_check -> pdata_tools)
+# are recreated as symlinks.
+GUEST_PROGRAMS="/usr/sbin/mke2fs /usr/sbin/mkfs.ext4 /usr/sbin/e2fsck /usr/sbin/fsck.ext4
+/usr/sbin/resize2fs /usr/sbin/tune2fs /usr/sbin/debugfs /usr/sbin/dumpe2fs
+/usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs /usr/sbin/xfs_repair /usr/sbin/xfs_db /usr/sbin/xfs_admin
+/usr/sbin/pdata_tools /usr/sbin/thin_check /usr/sbin/thin_dump /usr/sbin/thin_ls
+/usr/sbin/thin_repair /usr/sbin/thin_restore /usr/sbin/thin_delta /usr/sbin/thin_trim
+/usr/sbin/thin_metadata_size /usr/sbin/dmsetup /usr/sbin/lvm /usr/sbin/blkdiscard
+/usr/bin/sha256sum"
+GUEST_FILES="/etc/mke2fs.conf"
+
+log() { printf 'vm-tests: %s\n' "$*" >&2; }
+die() { printf 'vm-tests: error: %s\n' "$*" >&2; exit 1; }
+
+# Fetch and unpack the Debian cloud kernel once; print the unpack directory.
+ensure_kernel() {
+    local pkg dir
+    mkdir -p "$DMCTL_VM_CACHE"
+    if [ -f "$DMCTL_VM_CACHE/kernel.pkg" ]; then
+        pkg=$(cat "$DMCTL_VM_CACHE/kernel.pkg")
+    else
+        pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+            awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+        [ -n "$pkg" ] || die "cannot resolve linux-image-cloud-amd64 (run apt-get update)"
+    fi
+    dir="$DMCTL_VM_CACHE/$pkg"
+    if [ ! -f "$dir/.complete" ]; then
+        log "fetching guest kernel $pkg"
+        rm -rf "$dir" && mkdir -p "$dir/deb"
+        (cd "$dir/deb" && apt-get download "$pkg" >/dev/null 2>&1) ||
+            die "apt-get download $pkg failed"
+        dpkg-deb -x "$dir"/deb/*.deb "$dir/root"
+        rm -rf "$dir/deb"
+        touch "$dir/.complete"
+        echo "$pkg" >"$DMCTL_VM_CACHE/kernel.pkg"
+    fi
+    echo "$dir"
+}
+
+# Copy one ELF binary (or a symlink to one) into a staging root, with every
+# shared library it needs, at the same paths.
+stage_binary() {
+    local root=$1 bin=$2 lib
+    [ -e "$bin" ] || die "missing program $bin (is its package installed?)"
+    mkdir -p "$root$(dirname "$bin")"
+    if [ -L "$bin" ]; then
+        ln -sf "$(readlink "$bin")" "$root$bin"
+        stage_binary "$root" "$(readlink -f "$bin")"
+        return
+    fi
+    [ -e "$root$bin" ] || cp "$bin" "$root$bin"
+    for lib in $(ldd "$bin" 2>/dev/null | grep -o '/[^ ]*' || true); do
+        [ -e "$root$lib" ] && continue
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+}
+
+make_cpio() { # DIR OUT
+    (cd "$1" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) >"$2"
+}
+
+# Build (or reuse) the base initramfs; print its path.
+ensure_base_cpio() {
+    local kdir=$1 key out stage kver m path p
+    key=$(cat "$VM_DIR/lib.sh" "$VM_DIR/guest-init.sh" | sha256sum | cut -c1-16)
+    out="$DMCTL_VM_CACHE/base-$(basename "$kdir")-$key.cpio"
+    if [ -f "$out" ]; then echo "$out"; return; fi
+    log "building base initramfs"
+    stage=$(mktemp -d)
+    kver=$(ls "$kdir/root/lib/modules")
+    mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,mnt,etc,lib/modules,var/lib}
+    cp "$(command -v busybox)" "$stage/bin/busybox"
+    file -L "$stage/bin/busybox" | grep -q 'statically linked' ||
+        die "busybox is not static (install busybox-static)"
+    : >"$stage/lib/modules/order"
+    for m in $GUEST_MODULES; do
+        path=$(find "$kdir/root/lib/modules/$kver" -name "$m.ko" -o -name "$m.ko.xz" | head -n 1)
+        [ -n "$path" ] || die "module $m not found in $kver"
+        case "$path" in
+            *.xz) xz -dc "$path" >"$stage/lib/modules/$m.ko" ;;
+            *) cp "$path" "$stage/lib/modules/$m.ko" ;;
+        esac
+        echo "$m" >>"$stage/lib/modules/order"
+    done
+    for p in $GUEST_PROGRAMS; do stage_binary "$stage" "$p"; done
+    for p in $GUEST_FILES; do mkdir -p "$stage$(dirname "$p")" && cp "$p" "$stage$p"; done
+    # lvm wants a config and its run/lock directories; no udev or lvmetad here.
+    mkdir -p "$stage/etc/lvm" "$stage/run/lock/lvm"
+    printf 'global {\n use_lvmlockd = 0\n}\nactivation {\n udev_sync = 0\n udev_rules = 0\n monitoring = 0\n}\ndevices {\n obtain_device_list_from_udev = 0\n}\n' \
+        >"$stage/etc/lvm/lvm.conf"
+    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
+    printf 'root:x:0:\n' >"$stage/etc/group"
+    cp "$VM_DIR/guest-init.sh" "$stage/init"
+    chmod 0755 "$stage/init"
+    make_cpio "$stage" "$out.tmp"
+    mv "$out.tmp" "$out"
+    rm -rf "$stage"
+    echo "$out"
+}
+
+# Build the project's binaries (release) and its integration tests; print the
+# paths of the test executables whose target name starts with dm_ (the tests
+# that need the kernel), one per line, to the file named by $1.
+build_project() {
+    local list=$1
+    log "cargo build --release (binaries and dm_* integration tests)"
+    (cd "$REPO_DIR" && cargo build --release --bins --examples --quiet) || die "cargo build failed"
+    (cd "$REPO_DIR" && cargo test --release --no-run --quiet) || die "cargo test --no-run failed"
+    (cd "$REPO_DIR" && cargo test --release --no-run --message-format=json --quiet 2>/dev/null) |
+        jq -r 'select(.reason == "compiler-artifact" and .executable != null
+                      and (.target.kind | any(. == "test")) and (.target.name | startswith("dm_")))
+               | .executable' >"$list" || die "cargo test --no-run failed"
+    [ -s "$list" ] || die "no dm_* test binaries found"
+}
+
+# Stage the project's files and JOB (a shell script run as /job.sh); print the
+# path of the project cpio.
+build_project_cpio() {
+    local job=$1 tests=$2 stage out f
+    stage=$(mktemp -d)
+    for f in "$REPO_DIR"/target/release/dmctl $(cat "$tests"); do
+        stage_binary "$stage" "$f"
+    done
+    for f in "$REPO_DIR"/target/release/examples/*; do
+        [ -f "$f" ] && [ -x "$f" ] && case "$f" in *-*) ;; *) stage_binary "$stage" "$f" ;; esac
+    done
+    mkdir -p "$stage$REPO_DIR/vm-tests"
+    cp -r "$REPO_DIR"/vm-tests/*.sh "$stage$REPO_DIR/vm-tests/"
+    cp "$job" "$stage/job.sh"
+    cp "$tests" "$stage/tests.list"
+    chmod 0755 "$stage/job.sh"
+    out=$(mktemp --suffix=.cpio)
+    make_cpio "$stage" "$out"
+    rm -rf "$stage"
+    echo "$out"
+}
+
+# boot_guest INITRD LOG [DISK] [APPEND]: boot, stream the console to stdout and
+# LOG, return the job's exit code. A guest that never reports one fails.
+boot_guest() {
+    local initrd=$1 logf=$2 disk=${3:-} append=${4:-} kernel qpid rc waited=0
+    kernel=$(ls "$KERNEL_DIR"/root/boot/vmlinuz-*)
+    local args=(-accel tcg -cpu max -m "$DMCTL_VM_MEM" -smp "$DMCTL_VM_CPUS"
+        -kernel "$kernel" -initrd "$initrd"
+        -append "console=ttyS0 quiet loglevel=3 panic=-1 $append"
+        -nographic -no-reboot -monitor none -serial stdio -nic none)
+    if [ -n "$disk" ]; then
+        args+=(-drive "file=$disk,if=virtio,format=raw,cache=writeback")
+    fi
+    : >"$logf"
+    qemu-system-x86_64 "${args[@]}" </dev/null 2>&1 | tr -d '\r' | tee -a "$logf" &
+    # $! is tee's pid; find QEMU's by its initrd argument.
+    sleep 0.2
+    qpid=$(pgrep -n -f -- "-initrd $initrd" || true)
+    while [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; do
+        if grep -q '^DMCTL-VM-POWERCUT' "$logf"; then
+            log "power cut requested: killing QEMU (SIGKILL)"
+            kill -9 "$qpid" 2>/dev/null || true
+            break
+        fi
+        if grep -q '^DMCTL-VM-EXIT:' "$logf"; then
+            # Give poweroff a moment, then make sure QEMU is gone.
+            sleep 2
+            kill -9 "$qpid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.2
+        waited=$((waited + 1))
+        if [ "$waited" -gt $((DMCTL_VM_TIMEOUT * 5)) ]; then
+            log "guest timed out after ${DMCTL_VM_TIMEOUT}s"
+            kill -9 "$qpid" 2>/dev/null || true
+            wait || true
+            return 124
+        fi
+    done
+    wait || true
+    if grep -q '^DMCTL-VM-POWERCUT' "$logf"; then
+        return 0
+    fi
+    rc=$(sed -n 's/^DMCTL-VM-EXIT: \([0-9]*\).*/\1/p' "$logf" | tail -n 1)
+    if [ -z "$rc" ]; then
+        log "guest ended without reporting an exit code (boot failure or crash)"
+        return 125
+    fi
+    return "$rc"
+}
+
+# prepare JOB: everything up to a bootable initrd in $INITRD.
+prepare_guest() {
+    local job=$1 tests
+    KERNEL_DIR=$(ensure_kernel)
+    BASE_CPIO=$(ensure_base_cpio "$KERNEL_DIR")
+    tests=$(mktemp)
+    build_project "$tests"
+    TEST_BINARIES=$(cat "$tests")
+    PROJECT_CPIO=$(build_project_cpio "$job" "$tests")
+    INITRD=$(mktemp --suffix=.initrd)
+    cat "$BASE_CPIO" "$PROJECT_CPIO" >"$INITRD"
+    rm -f "$tests" "$PROJECT_CPIO"
+}
