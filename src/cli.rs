@@ -1,8 +1,17 @@
 //! Command-line interface: one short function per command over the library.
+//! Errors become one line on stderr, `dmctl: error: ...`, exit 1; usage
+//! errors exit 2 (clap).
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use dmctl::doctor;
+use dmctl::names::VolumeRef;
+use dmctl::ops::{self, pool, volume, Ctx};
+use dmctl::store::model::Filesystem;
+use dmctl::store::{Store, DEFAULT_ROOT};
+use dmctl::units::{format_size, parse_size};
+use serde::Serialize;
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -11,18 +20,172 @@ use dmctl::doctor;
     about = "Manage device-mapper thin pools, thin volumes and snapshot chains"
 )]
 struct Cli {
+    /// State root (default: $DMCTL_ROOT, else /var/lib/dmctl).
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+
     /// Print one JSON document on stdout.
     #[arg(long, global = true)]
     json: bool,
 
+    /// Say more about what is done.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+
     #[command(subcommand)]
     command: Command,
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn volref(s: &str) -> Result<VolumeRef, String> {
+    s.parse::<VolumeRef>().map_err(|e| e.to_string())
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum FsArg {
+    Ext4,
+    Xfs,
+    None,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Check what dmctl needs on this host.
     Doctor,
+    /// Thin pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Create a thin volume (activated and formatted).
+    Create {
+        #[arg(value_parser = volref, value_name = "POOL/NAME")]
+        volume: VolumeRef,
+        #[arg(long, value_parser = size)]
+        size: u64,
+        #[arg(long, value_enum, default_value = "ext4")]
+        fs: FsArg,
+        /// Extra argument for mkfs (repeatable).
+        #[arg(long = "mkfs-arg", value_name = "ARG", allow_hyphen_values = true)]
+        mkfs_args: Vec<String>,
+    },
+    /// Snapshot a volume (active or not, mounted or not).
+    Snapshot {
+        #[arg(value_parser = volref, value_name = "POOL/ORIGIN")]
+        origin: VolumeRef,
+        #[arg(value_parser = volref, value_name = "POOL/NAME")]
+        volume: VolumeRef,
+        #[arg(long, value_parser = size)]
+        size: Option<u64>,
+    },
+    /// Activate a volume's device.
+    Activate {
+        #[arg(value_parser = volref, value_name = "POOL/NAME")]
+        volume: VolumeRef,
+        #[arg(long)]
+        ro: bool,
+    },
+    /// Deactivate a volume's device.
+    Deactivate {
+        #[arg(value_parser = volref, value_name = "POOL/NAME")]
+        volume: VolumeRef,
+    },
+    /// Mount a volume (activating it if needed).
+    Mount {
+        #[arg(value_parser = volref, value_name = "POOL/NAME")]
+        volume: VolumeRef,
+        dir: PathBuf,
+        #[arg(long)]
+        ro: bool,
+        #[arg(short = 'o', value_name = "OPTS", default_value = "")]
+        options: String,
+    },
+    /// Unmount a volume.
+    Umount {
+        #[arg(value_parser = volref, value_name = "POOL/NAME")]
+        volume: VolumeRef,
+    },
+    /// Remove a volume: discard, deactivate, delete its thin id.
+    Rm {
+        #[arg(value_parser = volref, value_name = "POOL/NAME")]
+        volume: VolumeRef,
+        /// Unmount it first if mounted.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Grow a volume and its filesystem.
+    Resize {
+        #[arg(value_parser = volref, value_name = "POOL/NAME")]
+        volume: VolumeRef,
+        #[arg(long, value_parser = size)]
+        size: u64,
+    },
+    /// List volumes.
+    Ls {
+        pool: Option<String>,
+        /// Show snapshot chains as a tree.
+        #[arg(long)]
+        tree: bool,
+    },
+    /// Show one volume.
+    Info {
+        #[arg(value_parser = volref, value_name = "POOL/NAME")]
+        volume: VolumeRef,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolCommand {
+    /// Create a pool on sparse files (default) or on block devices.
+    Create {
+        pool: String,
+        #[arg(long, value_parser = size)]
+        data_size: Option<u64>,
+        #[arg(long, value_parser = size)]
+        meta_size: Option<u64>,
+        #[arg(long, value_parser = size)]
+        block_size: Option<u64>,
+        #[arg(long, value_parser = size)]
+        low_water_mark: Option<u64>,
+        #[arg(long, requires = "meta_dev")]
+        data_dev: Option<PathBuf>,
+        #[arg(long, requires = "data_dev")]
+        meta_dev: Option<PathBuf>,
+        /// Zero newly provisioned blocks (slower; off by default).
+        #[arg(long)]
+        zeroing: bool,
+        /// Fail writes at once when the pool is full, instead of queueing.
+        #[arg(long)]
+        error_if_no_space: bool,
+    },
+    /// List pools.
+    Ls,
+    /// Show a pool's status.
+    Status { pool: String },
+    /// Activate a pool (after a reboot: loops, thin_check, table, volumes).
+    Activate {
+        #[arg(required_unless_present = "all")]
+        pool: Option<String>,
+        #[arg(long, conflicts_with = "pool")]
+        all: bool,
+    },
+    /// Deactivate a pool and its volumes.
+    Deactivate { pool: String },
+    /// Destroy a pool, its volumes and its backing files.
+    Destroy {
+        pool: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Grow a pool's data and/or metadata space, live.
+    Extend {
+        pool: String,
+        #[arg(long, value_parser = size)]
+        data_size: Option<u64>,
+        #[arg(long, value_parser = size)]
+        meta_size: Option<u64>,
+    },
 }
 
 pub fn main() -> i32 {
@@ -30,25 +193,332 @@ pub fn main() -> i32 {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dmctl: error: {}", one_line(&e));
+            eprintln!("dmctl: error: {}", format!("{e:#}").replace('\n', " "));
             1
         }
     }
 }
 
-fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
+fn root(cli: &Cli) -> PathBuf {
+    cli.root
+        .clone()
+        .or_else(|| std::env::var_os("DMCTL_ROOT").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+}
+
+/// Print a value: as JSON with --json, else with the text printer.
+fn emit<T: Serialize>(cli: &Cli, value: &T, text: impl FnOnce(&T)) -> Result<i32> {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        text(value);
+    }
+    Ok(0)
 }
 
 fn run(cli: &Cli) -> Result<i32> {
+    let ctx = Ctx::new(Store::new(root(cli)));
     match &cli.command {
-        Command::Doctor => cmd_doctor(cli.json),
+        Command::Doctor => cmd_doctor(cli),
+        Command::Pool(p) => run_pool(cli, &ctx, p),
+        Command::Create {
+            volume,
+            size,
+            fs,
+            mkfs_args,
+        } => {
+            let fs = match fs {
+                FsArg::Ext4 => Some(Filesystem::Ext4),
+                FsArg::Xfs => Some(Filesystem::Xfs),
+                FsArg::None => None,
+            };
+            let req = volume::CreateRequest {
+                volume: volume.clone(),
+                size: *size,
+                fs,
+                mkfs_args: mkfs_args.clone(),
+            };
+            let v = volume::create(&ctx, &req)?;
+            emit(cli, &v, |v| {
+                println!(
+                    "created {volume} (thin id {}, {})",
+                    v.device_id,
+                    format_size(v.size)
+                )
+            })
+        }
+        Command::Snapshot {
+            origin,
+            volume,
+            size,
+        } => {
+            let v = volume::snapshot(&ctx, origin, volume, *size)?;
+            emit(cli, &v, |v| {
+                println!(
+                    "created {volume} (thin id {}), a snapshot of {origin}",
+                    v.device_id
+                )
+            })
+        }
+        Command::Activate { volume, ro } => {
+            let info = volume::activate(&ctx, volume, *ro)?;
+            let node = ops::devnode(&info);
+            emit(
+                cli,
+                &serde_json::json!({ "name": volume.to_string(), "devnode": node }),
+                |_| println!("{}", node.display()),
+            )
+        }
+        Command::Deactivate { volume } => {
+            volume::deactivate(&ctx, volume)?;
+            emit(
+                cli,
+                &serde_json::json!({ "deactivated": volume.to_string() }),
+                |_| {},
+            )
+        }
+        Command::Mount {
+            volume,
+            dir,
+            ro,
+            options,
+        } => {
+            let at = volume::mount(&ctx, volume, dir, *ro, options)?;
+            emit(
+                cli,
+                &serde_json::json!({ "name": volume.to_string(), "mountpoint": at }),
+                |_| {},
+            )
+        }
+        Command::Umount { volume } => {
+            let done = volume::umount(&ctx, volume)?;
+            emit(
+                cli,
+                &serde_json::json!({ "name": volume.to_string(), "unmounted": done }),
+                |_| {},
+            )
+        }
+        Command::Rm { volume, force } => {
+            volume::remove(&ctx, volume, *force)?;
+            emit(
+                cli,
+                &serde_json::json!({ "removed": volume.to_string() }),
+                |_| {},
+            )
+        }
+        Command::Resize { volume, size } => {
+            let v = volume::resize(&ctx, volume, *size)?;
+            emit(cli, &v, |v| println!("{volume} is {}", format_size(v.size)))
+        }
+        Command::Ls { pool, tree } => {
+            let vols = volume::list(&ctx, pool.as_deref())?;
+            emit(cli, &vols, |vols| {
+                if *tree {
+                    print_tree(vols)
+                } else {
+                    print_volumes(vols)
+                }
+            })
+        }
+        Command::Info { volume } => {
+            let r = volume::info(&ctx, volume)?;
+            emit(cli, &r, |r| {
+                let v = serde_json::to_value(r).unwrap_or_default();
+                if let Some(m) = v.as_object() {
+                    for (k, val) in m {
+                        println!("{k:<15} {}", val.to_string().trim_matches('"'));
+                    }
+                }
+            })
+        }
     }
 }
 
-fn cmd_doctor(json: bool) -> Result<i32> {
+fn run_pool(cli: &Cli, ctx: &Ctx, cmd: &PoolCommand) -> Result<i32> {
+    match cmd {
+        PoolCommand::Create {
+            pool,
+            data_size,
+            meta_size,
+            block_size,
+            low_water_mark,
+            data_dev,
+            meta_dev,
+            zeroing,
+            error_if_no_space,
+        } => {
+            let req = pool::CreateRequest {
+                name: pool.clone(),
+                data_size: *data_size,
+                meta_size: *meta_size,
+                block_size: *block_size,
+                low_water_mark: *low_water_mark,
+                data_dev: data_dev.clone(),
+                meta_dev: meta_dev.clone(),
+                zeroing: *zeroing,
+                error_if_no_space: *error_if_no_space,
+            };
+            let rec = pool::create(ctx, &req)?;
+            emit(cli, &rec, |r| {
+                println!(
+                    "created pool {} (data {}, metadata {}, block {})",
+                    r.name,
+                    format_size(r.data_size),
+                    format_size(r.meta_size),
+                    format_size(r.block_size)
+                )
+            })
+        }
+        PoolCommand::Ls => {
+            let pools = pool::list(ctx)?;
+            emit(cli, &pools, |pools| {
+                println!(
+                    "{:<20} {:<7} {:>10} {:>10} {:>5} {:>8}",
+                    "POOL", "MODE", "DATA", "USED", "TID", "VOLUMES"
+                );
+                for p in pools {
+                    println!(
+                        "{:<20} {:<7} {:>10} {:>10} {:>5} {:>8}",
+                        p.name,
+                        p.mode.map(|m| m.as_str()).unwrap_or("inactive"),
+                        format_size(p.data_size),
+                        p.data_used.map(format_size).unwrap_or_else(|| "-".into()),
+                        p.transaction_id,
+                        p.volumes
+                    );
+                }
+            })
+        }
+        PoolCommand::Status { pool } => {
+            let r = pool::status(ctx, pool)?;
+            emit(cli, &r, |r| {
+                let v = serde_json::to_value(r).unwrap_or_default();
+                if let Some(m) = v.as_object() {
+                    for (k, val) in m {
+                        println!("{k:<18} {}", val.to_string().trim_matches('"'));
+                    }
+                }
+            })
+        }
+        PoolCommand::Activate { pool, all } => {
+            if *all {
+                let results = pool::activate_all(ctx);
+                let mut failed = 0;
+                let mut doc = vec![];
+                for (p, r) in results {
+                    match r {
+                        Ok(notes) => {
+                            if !cli.json {
+                                notes.iter().for_each(|n| println!("{n}"));
+                            }
+                            doc.push(serde_json::json!({"pool": p, "ok": true, "notes": notes}));
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("dmctl: error: pool {p}: {e}");
+                            doc.push(
+                                serde_json::json!({"pool": p, "ok": false, "error": e.to_string()}),
+                            );
+                        }
+                    }
+                }
+                if cli.json {
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                }
+                return Ok(if failed > 0 { 1 } else { 0 });
+            }
+            let pool = pool.as_deref().unwrap_or_default();
+            let notes = pool::activate(ctx, pool)?;
+            emit(cli, &notes, |n| n.iter().for_each(|n| println!("{n}")))
+        }
+        PoolCommand::Deactivate { pool } => {
+            pool::deactivate(ctx, pool)?;
+            emit(cli, &serde_json::json!({ "deactivated": pool }), |_| {})
+        }
+        PoolCommand::Destroy { pool, force } => {
+            pool::destroy(ctx, pool, *force)?;
+            emit(cli, &serde_json::json!({ "destroyed": pool }), |_| {})
+        }
+        PoolCommand::Extend {
+            pool,
+            data_size,
+            meta_size,
+        } => {
+            let rec = pool::extend(ctx, pool, *data_size, *meta_size)?;
+            emit(cli, &rec, |r| {
+                println!(
+                    "pool {}: data {}, metadata {}",
+                    r.name,
+                    format_size(r.data_size),
+                    format_size(r.meta_size)
+                )
+            })
+        }
+    }
+}
+
+fn print_volumes(vols: &[volume::VolumeReport]) {
+    println!(
+        "{:<24} {:>6} {:>10} {:>10} {:<6} {:<16} MOUNTPOINT",
+        "VOLUME", "ID", "SIZE", "MAPPED", "FS", "PARENT"
+    );
+    for v in vols {
+        println!(
+            "{:<24} {:>6} {:>10} {:>10} {:<6} {:<16} {}",
+            format!("{}/{}", v.pool, v.name),
+            v.device_id,
+            format_size(v.size),
+            v.mapped_bytes
+                .map(format_size)
+                .unwrap_or_else(|| if v.active { "0".into() } else { "-".into() }),
+            v.fs.map(|f| f.as_str()).unwrap_or("none"),
+            v.parent.as_deref().unwrap_or("-"),
+            v.mountpoint
+                .as_ref()
+                .map(|m| m.display().to_string())
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// Snapshot chains as a tree: roots are volumes without a (living) parent.
+fn print_tree(vols: &[volume::VolumeReport]) {
+    fn walk(vols: &[volume::VolumeReport], pool: &str, parent: &str, depth: usize) {
+        for v in vols
+            .iter()
+            .filter(|v| v.pool == pool && v.parent.as_deref() == Some(parent))
+        {
+            println!(
+                "{}└─ {} (id {}{})",
+                "   ".repeat(depth),
+                v.name,
+                v.device_id,
+                if v.active { ", active" } else { "" }
+            );
+            walk(vols, pool, &v.name, depth + 1);
+        }
+    }
+    for v in vols {
+        let orphan = match &v.parent {
+            None => true,
+            Some(p) => !vols.iter().any(|o| o.pool == v.pool && &o.name == p),
+        };
+        if orphan {
+            println!(
+                "{}/{} (id {}{})",
+                v.pool,
+                v.name,
+                v.device_id,
+                if v.active { ", active" } else { "" }
+            );
+            walk(vols, &v.pool, &v.name, 0);
+        }
+    }
+}
+
+fn cmd_doctor(cli: &Cli) -> Result<i32> {
     let checks = doctor::run_checks();
-    if json {
+    if cli.json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
         for c in &checks {

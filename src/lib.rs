@@ -9,6 +9,8 @@ pub mod error;
 pub mod fsutil;
 pub mod kernel;
 pub mod names;
+pub mod ops;
+pub mod store;
 pub mod tools;
 pub mod units;
 

@@ -2,6 +2,7 @@
 # root against the real kernel. libtest's output goes to the console, where the
 # host reads the totals. A binary that fails or crashes makes the job fail.
 #
+# DMCTL_VM_FILTER=WORD (dmctl.filter=WORD) passes a libtest name filter.
 # DMCTL_VM_ONLY=NAME (kernel command line dmctl.only=NAME) runs just the test
 # NAME, in whichever binary has it: the host uses it for the power-cut tests,
 # which run in two boots on a persistent disk (DMCTL_VM_PHASE=1, then 2).
@@ -14,6 +15,6 @@ for bin in $(cat /tests.list); do
         continue
     fi
     echo "DMCTL-VM: running ${bin##*/}"
-    "$bin" --test-threads=1 --skip power_cut || failed=1
+    "$bin" --test-threads=1 --skip power_cut ${DMCTL_VM_FILTER:-} || failed=1
 done
 exit $failed

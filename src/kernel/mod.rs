@@ -1,3 +1,8 @@
-//! Everything that talks to the kernel: device-mapper, loop devices, mounts.
+//! Everything that talks to the kernel: device-mapper, loop devices, mounts,
+//! block device ioctls.
 
+pub mod blockdev;
+pub mod dm;
+pub mod loopdev;
+pub mod mount;
 pub mod status;

@@ -55,3 +55,174 @@ pub fn run(program: &str, args: &[&str]) -> String {
 pub fn step(msg: &str) {
     println!("==> {msg}");
 }
+
+/// The dmctl binary against a private state root, for integration tests.
+/// On drop it unmounts and destroys every pool it made, so a failing test
+/// leaves no device behind for the next one.
+pub struct Dmctl {
+    pub root: tempfile::TempDir,
+}
+
+impl Default for Dmctl {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Dmctl {
+    pub fn new() -> Dmctl {
+        Dmctl {
+            root: tempfile::Builder::new()
+                .prefix("dmctl-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// Run `dmctl --root ROOT ARGS...`.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dmctl"))
+            .arg("--root")
+            .arg(self.root.path())
+            .args(args)
+            .output()
+            .expect("run dmctl")
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "dmctl {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run with --json and parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("dmctl {args:?}: bad JSON {e}: {out}"))
+    }
+
+    /// Run and require failure with exit code 1 and one `dmctl: error:`
+    /// line; returns that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "dmctl {args:?} should fail with exit 1; stdout: {} stderr: {stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("dmctl: error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "exactly one error line, got: {stderr}");
+        errors[0].to_string()
+    }
+
+    /// The state root's files, for before/after comparisons: path -> content.
+    pub fn snapshot_state(&self) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        fn walk(dir: &Path, base: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else if p.extension().is_some_and(|x| x == "json") {
+                    let rel = p.strip_prefix(base).unwrap().display().to_string();
+                    out.insert(rel, std::fs::read_to_string(&p).unwrap_or_default());
+                }
+            }
+        }
+        walk(self.root.path(), self.root.path(), &mut out);
+        out
+    }
+}
+
+impl Drop for Dmctl {
+    fn drop(&mut self) {
+        let pools = self.root.path().join("pools");
+        if let Ok(rd) = std::fs::read_dir(&pools) {
+            for e in rd.flatten() {
+                let pool = e.file_name().to_string_lossy().into_owned();
+                let vols = e.path().join("devices");
+                if let Ok(vr) = std::fs::read_dir(&vols) {
+                    for v in vr.flatten() {
+                        if let Some(name) = v.file_name().to_string_lossy().strip_suffix(".json") {
+                            let _ = self.run(&["umount", &format!("{pool}/{name}")]);
+                        }
+                    }
+                }
+                let _ = self.run(&["pool", "destroy", &pool, "--force"]);
+            }
+        }
+    }
+}
+
+/// `thin_check` of a pool's metadata, live: on a metadata snapshot.
+pub fn thin_check_live(d: &Dmctl, pool: &str) {
+    let st = d.json(&["pool", "status", pool]);
+    let dm_name = st["dm_name"].as_str().unwrap();
+    let meta = st["meta"].as_str().unwrap();
+    let meta_dev = if meta.starts_with("/dev/") {
+        meta.to_string()
+    } else {
+        loop_of(meta)
+    };
+    run(
+        "dmsetup",
+        &[
+            "--noudevsync",
+            "message",
+            dm_name,
+            "0",
+            "reserve_metadata_snap",
+        ],
+    );
+    let out = std::process::Command::new("thin_check")
+        .args(["--metadata-snap", &meta_dev])
+        .output()
+        .unwrap();
+    run(
+        "dmsetup",
+        &[
+            "--noudevsync",
+            "message",
+            dm_name,
+            "0",
+            "release_metadata_snap",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "thin_check {pool}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The loop device whose backing file is `file`.
+pub fn loop_of(file: &str) -> String {
+    let file = std::fs::canonicalize(file).unwrap();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let bf = e.path().join("loop/backing_file");
+        if let Ok(s) = std::fs::read_to_string(&bf) {
+            if Path::new(s.trim()) == file {
+                return format!("/dev/{}", e.file_name().to_string_lossy());
+            }
+        }
+    }
+    panic!("no loop device for {}", file.display());
+}

@@ -1,0 +1,258 @@
+//! Device-mapper, through the `devicemapper` crate's ioctl interface.
+//!
+//! This module only speaks dm: create/load/resume/suspend/remove devices,
+//! send messages, read tables and status. It enforces one rule of ownership:
+//! dmctl never touches a dm device whose UUID does not carry dmctl's prefix
+//! (see [`crate::names::DM_UUID_PREFIX`]).
+
+use crate::error::{Error, Result};
+use crate::names::is_dmctl_uuid;
+use devicemapper::{errors, DevId, DmError, DmFlags, DmName, DmOptions, DmUuid, DM};
+use nix::errno::Errno;
+
+/// One target line: start sector, length in sectors, target type, params.
+pub type TableLine = (u64, u64, String, String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevInfo {
+    pub name: String,
+    pub uuid: Option<String>,
+    pub devno: (u32, u32),
+    pub open_count: i32,
+    pub suspended: bool,
+    pub read_only: bool,
+    pub has_live_table: bool,
+}
+
+pub struct Dm {
+    dm: DM,
+}
+
+/// The errno of a failed ioctl, if that is what failed.
+pub fn errno_of(err: &DmError) -> Option<Errno> {
+    match err {
+        DmError::Core(errors::Error::Ioctl(_, _, _, e)) => Some(**e),
+        _ => None,
+    }
+}
+
+fn dm_err(op: impl Into<String>, err: DmError) -> Error {
+    let msg = match errno_of(&err) {
+        Some(e) => e.desc().to_string(),
+        None => err.to_string(),
+    };
+    let op = op.into();
+    match errno_of(&err) {
+        Some(Errno::EBUSY) => Error::Busy(format!("device-mapper: {op}: device is busy")),
+        _ => Error::Dm { op, msg },
+    }
+}
+
+fn dm_name(name: &str) -> Result<&DmName> {
+    DmName::new(name).map_err(|e| Error::Invalid(format!("invalid dm name '{name}': {e}")))
+}
+
+impl Dm {
+    pub fn open() -> Result<Dm> {
+        DM::new().map(|dm| Dm { dm }).map_err(|_| {
+            Error::PoolState(
+                "device-mapper is not available: /dev/mapper/control cannot be opened \
+                 (modprobe dm-thin-pool; see `dmctl doctor`)"
+                    .into(),
+            )
+        })
+    }
+
+    /// Info on a device by name; None if there is no such device.
+    pub fn info(&self, name: &str) -> Result<Option<DevInfo>> {
+        match self.dm.device_info(&DevId::Name(dm_name(name)?)) {
+            Ok(i) => {
+                let flags = i.flags();
+                Ok(Some(DevInfo {
+                    name: name.to_string(),
+                    uuid: i.uuid().map(|u| u.to_string()),
+                    devno: (i.device().major, i.device().minor),
+                    open_count: i.open_count(),
+                    suspended: flags.contains(DmFlags::DM_SUSPEND),
+                    read_only: flags.contains(DmFlags::DM_READONLY),
+                    has_live_table: flags.contains(DmFlags::DM_ACTIVE_PRESENT),
+                }))
+            }
+            Err(e) if errno_of(&e) == Some(Errno::ENXIO) => Ok(None),
+            Err(e) => Err(dm_err(format!("info {name}"), e)),
+        }
+    }
+
+    /// Info on a device that dmctl owns. A device of that name that dmctl
+    /// did not create is refused, so nothing else is ever touched.
+    pub fn owned(&self, name: &str) -> Result<Option<DevInfo>> {
+        match self.info(name)? {
+            Some(i) if !i.uuid.as_deref().is_some_and(is_dmctl_uuid) => Err(Error::Busy(format!(
+                "dm device {name} exists but was not created by dmctl (uuid {}); not touching it",
+                i.uuid.as_deref().unwrap_or("none")
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    /// Create a device, load its table and resume it. On any failure the
+    /// half-made device is removed again.
+    pub fn create(
+        &self,
+        name: &str,
+        uuid: &str,
+        table: &[TableLine],
+        read_only: bool,
+    ) -> Result<DevInfo> {
+        let dname = dm_name(name)?;
+        let duuid = DmUuid::new(uuid)
+            .map_err(|e| Error::Invalid(format!("invalid dm uuid '{uuid}': {e}")))?;
+        match self
+            .dm
+            .device_create(dname, Some(duuid), DmOptions::default())
+        {
+            Ok(_) => {}
+            Err(e) if errno_of(&e) == Some(Errno::EBUSY) => {
+                return Err(Error::Exists(format!("dm device {name} already exists")))
+            }
+            Err(e) => return Err(dm_err(format!("create {name}"), e)),
+        }
+        let id = DevId::Name(dname);
+        let flags = if read_only {
+            DmFlags::DM_READONLY
+        } else {
+            DmFlags::empty()
+        };
+        let loaded = self
+            .dm
+            .table_load(&id, table, DmOptions::default().set_flags(flags))
+            .map_err(|e| dm_err(format!("load table of {name}"), e))
+            .and_then(|_| {
+                self.dm
+                    .device_suspend(&id, DmOptions::default())
+                    .map_err(|e| dm_err(format!("resume {name}"), e))
+            });
+        if let Err(e) = loaded {
+            let _ = self.dm.device_remove(&id, DmOptions::default());
+            return Err(e);
+        }
+        self.info(name)?
+            .ok_or_else(|| Error::NotFound(format!("dm device {name} vanished after creation")))
+    }
+
+    /// Remove a device. The crate retries EBUSY a few times; `deferred`
+    /// asks the kernel to remove it when its last user closes it.
+    pub fn remove(&self, name: &str, deferred: bool) -> Result<()> {
+        let flags = if deferred {
+            DmFlags::DM_DEFERRED_REMOVE
+        } else {
+            DmFlags::empty()
+        };
+        match self.dm.device_remove(
+            &DevId::Name(dm_name(name)?),
+            DmOptions::default().set_flags(flags),
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if errno_of(&e) == Some(Errno::ENXIO) => Ok(()),
+            Err(e) => Err(dm_err(format!("remove {name}"), e)),
+        }
+    }
+
+    /// Suspend: I/O is queued, and (by default) the filesystem on it is
+    /// frozen and flushed first.
+    pub fn suspend(&self, name: &str) -> Result<()> {
+        self.dm
+            .device_suspend(
+                &DevId::Name(dm_name(name)?),
+                DmOptions::default().set_flags(DmFlags::DM_SUSPEND),
+            )
+            .map(|_| ())
+            .map_err(|e| dm_err(format!("suspend {name}"), e))
+    }
+
+    pub fn resume(&self, name: &str) -> Result<()> {
+        self.dm
+            .device_suspend(&DevId::Name(dm_name(name)?), DmOptions::default())
+            .map(|_| ())
+            .map_err(|e| dm_err(format!("resume {name}"), e))
+    }
+
+    /// Send a message to sector 0 of a device (for a pool: create_thin,
+    /// create_snap, delete, set_transaction_id, reserve_metadata_snap...).
+    pub fn message(&self, name: &str, msg: &str) -> std::result::Result<Option<String>, DmError> {
+        let dname = DmName::new(name)?;
+        self.dm
+            .target_msg(&DevId::Name(dname), None, msg)
+            .map(|(_, out)| out)
+    }
+
+    /// `message`, with the error made into a dmctl error.
+    pub fn send(&self, name: &str, msg: &str) -> Result<Option<String>> {
+        self.message(name, msg)
+            .map_err(|e| dm_err(format!("message '{msg}' to {name}"), e))
+    }
+
+    /// Status lines of the live table.
+    pub fn status(&self, name: &str) -> Result<Vec<TableLine>> {
+        self.dm
+            .table_status(&DevId::Name(dm_name(name)?), DmOptions::default())
+            .map(|(_, s)| s)
+            .map_err(|e| dm_err(format!("status of {name}"), e))
+    }
+
+    /// Table lines of the live table.
+    pub fn table(&self, name: &str) -> Result<Vec<TableLine>> {
+        self.dm
+            .table_status(
+                &DevId::Name(dm_name(name)?),
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
+            .map(|(_, s)| s)
+            .map_err(|e| dm_err(format!("table of {name}"), e))
+    }
+
+    /// Replace the live table: load into the inactive slot, suspend, resume.
+    /// The device is resumed on every path.
+    pub fn reload(&self, name: &str, table: &[TableLine], read_only: bool) -> Result<()> {
+        let id = DevId::Name(dm_name(name)?);
+        let flags = if read_only {
+            DmFlags::DM_READONLY
+        } else {
+            DmFlags::empty()
+        };
+        self.dm
+            .table_load(&id, table, DmOptions::default().set_flags(flags))
+            .map_err(|e| dm_err(format!("load table of {name}"), e))?;
+        let suspended = self.suspend(name);
+        let resumed = self.resume(name);
+        suspended.and(resumed)
+    }
+
+    /// Names and UUIDs of every dm device dmctl owns.
+    pub fn list_owned(&self) -> Result<Vec<DevInfo>> {
+        let devs = self
+            .dm
+            .list_devices()
+            .map_err(|e| dm_err("list devices", e))?;
+        let mut out = vec![];
+        for (name, _, _) in devs {
+            if let Some(info) = self.info(&name.to_string())? {
+                if info.uuid.as_deref().is_some_and(is_dmctl_uuid) {
+                    out.push(info);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Version of a loaded target type, e.g. "thin-pool".
+    pub fn target_version(&self, target: &str) -> Result<Option<(u32, u32, u32)>> {
+        let v = self
+            .dm
+            .list_versions()
+            .map_err(|e| dm_err("list target versions", e))?;
+        Ok(v.into_iter()
+            .find(|t| t.0 == target)
+            .map(|(_, a, b, c)| (a, b, c)))
+    }
+}

@@ -1,0 +1,124 @@
+//! Operations: one function per command, each with its transaction. They
+//! combine the kernel layer (`kernel::*`) and the metadata store (`store`).
+//!
+//! Mutating operations take the pool's lock, then finish or roll back any
+//! transaction a crashed command left (see `txn::recover`) before doing
+//! anything else.
+
+pub mod pool;
+pub mod txn;
+pub mod volume;
+
+use crate::error::{Error, Result};
+use crate::kernel::dm::{DevInfo, Dm, TableLine};
+use crate::kernel::status::{self, PoolStatus, PoolStatusLine};
+use crate::names;
+use crate::store::model::{PoolRecord, PoolState, VolumeRecord};
+use crate::store::Store;
+use crate::units::SECTOR;
+use std::cell::OnceCell;
+use std::path::PathBuf;
+
+/// What every operation works with: the state root and, opened on first
+/// use, device-mapper.
+pub struct Ctx {
+    pub store: Store,
+    dm: OnceCell<Dm>,
+}
+
+impl Ctx {
+    pub fn new(store: Store) -> Ctx {
+        Ctx {
+            store,
+            dm: OnceCell::new(),
+        }
+    }
+
+    pub fn dm(&self) -> Result<&Dm> {
+        if let Some(dm) = self.dm.get() {
+            return Ok(dm);
+        }
+        let dm = Dm::open()?;
+        Ok(self.dm.get_or_init(|| dm))
+    }
+
+    /// Load a pool that is fully created.
+    pub fn ready_pool(&self, pool: &str) -> Result<PoolRecord> {
+        let rec = self.store.load_pool(pool)?;
+        if rec.state != PoolState::Ready {
+            return Err(Error::PoolState(format!(
+                "pool '{pool}' is being created (or its creation was interrupted); \
+                 run `dmctl pool create {pool}` again or `dmctl pool destroy {pool}`"
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// The pool's dm device, if it is active. Refuses a device of that name
+    /// that dmctl did not create.
+    pub fn pool_device(&self, pool: &PoolRecord) -> Result<Option<DevInfo>> {
+        self.dm()?.owned(&names::pool_dm_name(&pool.name))
+    }
+
+    /// The pool's dm device; an error if the pool is not active.
+    pub fn active_pool_device(&self, pool: &PoolRecord) -> Result<DevInfo> {
+        self.pool_device(pool)?.ok_or_else(|| {
+            Error::PoolState(format!(
+                "pool '{}' is not active (run `dmctl pool activate {}`)",
+                pool.name, pool.name
+            ))
+        })
+    }
+
+    /// The kernel's status of an active pool.
+    pub fn pool_status(&self, pool: &PoolRecord) -> Result<PoolStatusLine> {
+        let name = names::pool_dm_name(&pool.name);
+        let lines = self.dm()?.status(&name)?;
+        let line = lines
+            .first()
+            .ok_or_else(|| Error::PoolState(format!("pool '{}' has no table", pool.name)))?;
+        status::parse_pool_status(&line.3)
+    }
+
+    /// The status of a pool that must be usable (active, not failed).
+    pub fn usable_pool_status(&self, pool: &PoolRecord) -> Result<PoolStatus> {
+        match self.pool_status(pool)? {
+            PoolStatusLine::Active(s) => Ok(s),
+            PoolStatusLine::Fail | PoolStatusLine::Error => Err(Error::PoolState(format!(
+                "pool '{}' has failed (its metadata may need `dmctl pool repair`)",
+                pool.name
+            ))),
+        }
+    }
+
+    /// Send a message to the pool.
+    pub fn pool_message(&self, pool: &PoolRecord, msg: &str) -> Result<()> {
+        self.dm()?
+            .send(&names::pool_dm_name(&pool.name), msg)
+            .map(|_| ())
+    }
+
+    pub fn thin_dm_name(&self, pool: &PoolRecord, vol: &VolumeRecord) -> String {
+        names::thin_dm_name(&pool.name, &vol.name)
+    }
+
+    /// The volume's dm device, if active.
+    pub fn thin_device(&self, pool: &PoolRecord, vol: &VolumeRecord) -> Result<Option<DevInfo>> {
+        self.dm()?.owned(&self.thin_dm_name(pool, vol))
+    }
+}
+
+/// The table of a thin volume.
+pub fn thin_table(pool_devno: (u32, u32), device_id: u32, size: u64) -> Vec<TableLine> {
+    vec![(
+        0,
+        size / SECTOR,
+        "thin".into(),
+        format!("{} {device_id}", status::fmt_dev(pool_devno)),
+    )]
+}
+
+/// Node of an active dm device: `/dev/dm-N` (there may be no udev).
+pub fn devnode(info: &DevInfo) -> PathBuf {
+    crate::kernel::blockdev::dm_devnode(info.devno.1)
+}

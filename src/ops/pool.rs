@@ -1,0 +1,595 @@
+//! Pool operations: create, activate, deactivate, destroy, extend, status.
+
+use super::{txn, volume, Ctx};
+use crate::error::{Error, IoContext, Result};
+use crate::kernel::dm::TableLine;
+use crate::kernel::status::{PoolMode, PoolStatusLine, META_BLOCK_BYTES};
+use crate::kernel::{blockdev, loopdev, mount};
+use crate::names::{self, validate_name};
+use crate::store::model::{now, Backing, PoolRecord, PoolState};
+use crate::tools::Tool;
+use crate::units::{format_size, SECTOR};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_DATA_SIZE: u64 = 100 << 30;
+pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;
+const MIN_BLOCK_SIZE: u64 = 64 << 10;
+const MAX_BLOCK_SIZE: u64 = 1 << 30;
+const MIN_META_SIZE: u64 = 2 << 20;
+const MAX_META_SIZE: u64 = 16 << 30;
+/// Bytes of metadata zeroed to make it fresh (the superblock).
+const META_HEADER: usize = 4096;
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub name: String,
+    pub data_size: Option<u64>,
+    pub meta_size: Option<u64>,
+    pub block_size: Option<u64>,
+    pub low_water_mark: Option<u64>,
+    pub data_dev: Option<PathBuf>,
+    pub meta_dev: Option<PathBuf>,
+    pub zeroing: bool,
+    pub error_if_no_space: bool,
+}
+
+/// Metadata size for a data size: ~48 bytes per data block (the kernel
+/// documentation's estimate), doubled for snapshots' extra btree nodes,
+/// at least 2 MiB, at most 16 GiB (the kernel never uses more).
+pub fn default_meta_size(data_size: u64, block_size: u64) -> u64 {
+    let est = 48 * (data_size / block_size) * 2;
+    let mib = 1 << 20;
+    est.div_ceil(mib)
+        .saturating_mul(mib)
+        .clamp(MIN_META_SIZE, MAX_META_SIZE)
+}
+
+fn validate_request(req: &CreateRequest) -> Result<(u64, u64, u64)> {
+    validate_name("pool", &req.name)?;
+    let block = req.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block) || !block.is_multiple_of(MIN_BLOCK_SIZE)
+    {
+        return Err(Error::Invalid(format!(
+            "invalid block size {}: must be a multiple of 64K between 64K and 1G",
+            format_size(block)
+        )));
+    }
+    if req.data_dev.is_some() != req.meta_dev.is_some() {
+        return Err(Error::Invalid(
+            "--data-dev and --meta-dev go together".into(),
+        ));
+    }
+    if req.data_dev.is_some() && (req.data_size.is_some() || req.meta_size.is_some()) {
+        return Err(Error::Invalid(
+            "--data-size/--meta-size do not apply to --data-dev/--meta-dev (the devices' sizes are used)"
+                .into(),
+        ));
+    }
+    let data = match &req.data_dev {
+        Some(dev) => device_size(dev)?,
+        None => req.data_size.unwrap_or(DEFAULT_DATA_SIZE),
+    };
+    let data = data / block * block;
+    if data < block * 16 {
+        return Err(Error::Invalid(format!(
+            "data size {} is too small: at least 16 blocks ({})",
+            format_size(data),
+            format_size(block * 16)
+        )));
+    }
+    let meta = match &req.meta_dev {
+        Some(dev) => device_size(dev)?.min(MAX_META_SIZE),
+        None => req
+            .meta_size
+            .unwrap_or_else(|| default_meta_size(data, block)),
+    };
+    if !(MIN_META_SIZE..=MAX_META_SIZE).contains(&meta) {
+        return Err(Error::Invalid(format!(
+            "metadata size {} is out of range: 2M to 16G",
+            format_size(meta)
+        )));
+    }
+    Ok((data, meta / META_BLOCK_BYTES * META_BLOCK_BYTES, block))
+}
+
+fn device_size(dev: &Path) -> Result<u64> {
+    if !blockdev::is_block_device(dev) {
+        return Err(Error::Invalid(format!(
+            "{}: not a block device",
+            dev.display()
+        )));
+    }
+    blockdev::size_bytes(dev)
+}
+
+/// `dmctl pool create`.
+pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<PoolRecord> {
+    let (data_size, meta_size, block_size) = validate_request(req)?;
+    let _lock = ctx.store.lock_pool(&req.name)?;
+    if let Ok(old) = ctx.store.load_pool(&req.name) {
+        if old.state != PoolState::Creating {
+            return Err(Error::Exists(format!("pool '{}' already exists", req.name)));
+        }
+        undo_create(ctx, &old)?;
+    }
+    let dm = ctx.dm()?;
+    let dm_name = names::pool_dm_name(&req.name);
+    if dm.info(&dm_name)?.is_some() {
+        return Err(Error::Exists(format!(
+            "a dm device named {dm_name} already exists"
+        )));
+    }
+    if let Some(meta_dev) = &req.meta_dev {
+        if !blockdev::is_zeroed_start(meta_dev, META_HEADER)? {
+            return Err(Error::Invalid(format!(
+                "metadata device {} is not empty (it may hold another pool); \
+                 zero its first 4 KiB to use it",
+                meta_dev.display()
+            )));
+        }
+    }
+    let dir = ctx.store.pool_dir(&req.name)?;
+    let (data, meta) = match (&req.data_dev, &req.meta_dev) {
+        (Some(d), Some(m)) => (
+            Backing::Device { path: d.clone() },
+            Backing::Device { path: m.clone() },
+        ),
+        _ => (
+            Backing::File {
+                path: dir.join("data.img"),
+            },
+            Backing::File {
+                path: dir.join("meta.img"),
+            },
+        ),
+    };
+    let blocks = data_size / block_size;
+    let mut rec = PoolRecord {
+        name: req.name.clone(),
+        uuid: names::new_pool_uuid(),
+        state: PoolState::Creating,
+        data,
+        meta,
+        data_size,
+        meta_size,
+        block_size,
+        low_water_mark: req
+            .low_water_mark
+            .unwrap_or(block_size * (blocks / 10).clamp(1, 32768)),
+        zeroing: req.zeroing,
+        error_if_no_space: req.error_if_no_space,
+        transaction_id: 0,
+        next_device_id: 0,
+        min_free_percent: 10,
+        created: now(),
+    };
+    if rec.low_water_mark >= data_size {
+        return Err(Error::Invalid(format!(
+            "low water mark {} must be below the data size {}",
+            format_size(rec.low_water_mark),
+            format_size(data_size)
+        )));
+    }
+    // Intent first: a crash from here on leaves a Creating record that the
+    // next command on this pool rolls back.
+    ctx.store.save_pool(&rec)?;
+    let made = (|| {
+        if let Backing::File { path } = &rec.meta {
+            make_sparse(path, meta_size)?;
+        }
+        if let Backing::File { path } = &rec.data {
+            make_sparse(path, data_size)?;
+        }
+        blockdev::zero_start(rec.meta.path(), META_HEADER)?;
+        load_pool_table(ctx, &rec)?;
+        rec.state = PoolState::Ready;
+        ctx.store.save_pool(&rec)
+    })();
+    if let Err(e) = made {
+        let _ = undo_create(ctx, &rec);
+        return Err(e);
+    }
+    Ok(rec)
+}
+
+fn make_sparse(path: &Path, size: u64) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .at(path)?;
+    f.set_len(size).at(path)?;
+    f.sync_all().at(path)
+}
+
+/// Roll back a pool creation: dm device, loops, files, record.
+fn undo_create(ctx: &Ctx, rec: &PoolRecord) -> Result<()> {
+    if ctx.pool_device(rec)?.is_some() {
+        ctx.dm()?.remove(&names::pool_dm_name(&rec.name), false)?;
+    }
+    detach_loops(rec)?;
+    ctx.store.remove_pool(&rec.name)
+}
+
+/// Backing devices of the pool: loop devices for files (attached if
+/// needed, reused if already attached), the devices themselves otherwise.
+fn backing_devices(rec: &PoolRecord) -> Result<(PathBuf, PathBuf)> {
+    let dev = |b: &Backing, size: u64| -> Result<PathBuf> {
+        match b {
+            Backing::File { path } => {
+                // An extend that crashed before growing the file is finished here.
+                let len = std::fs::metadata(path).at(path)?.len();
+                if len < size {
+                    make_sparse(path, size)?;
+                }
+                let l = loopdev::attach_or_reuse(path, false, true)?;
+                if blockdev::size_bytes(&l.path)? < size {
+                    loopdev::refresh_capacity(&l.path)?;
+                }
+                Ok(l.path)
+            }
+            Backing::Device { path } => {
+                if !blockdev::is_block_device(path) {
+                    return Err(Error::NotFound(format!(
+                        "pool '{}': device {} is missing",
+                        rec.name,
+                        path.display()
+                    )));
+                }
+                Ok(path.clone())
+            }
+        }
+    };
+    Ok((
+        dev(&rec.meta, rec.meta_size)?,
+        dev(&rec.data, rec.data_size)?,
+    ))
+}
+
+fn detach_loops(rec: &PoolRecord) -> Result<()> {
+    for b in [&rec.meta, &rec.data] {
+        if let Backing::File { path } = b {
+            if path.exists() {
+                loopdev::detach_backing_file(path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pool_table(rec: &PoolRecord, meta: &Path, data: &Path) -> Result<Vec<TableLine>> {
+    let mut features = vec![];
+    if !rec.zeroing {
+        features.push("skip_block_zeroing");
+    }
+    if rec.error_if_no_space {
+        features.push("error_if_no_space");
+    }
+    let feat = if features.is_empty() {
+        String::new()
+    } else {
+        format!(" {} {}", features.len(), features.join(" "))
+    };
+    let params = format!(
+        "{} {} {} {}{feat}",
+        crate::kernel::status::fmt_dev(blockdev::devno(meta)?),
+        crate::kernel::status::fmt_dev(blockdev::devno(data)?),
+        rec.block_size / SECTOR,
+        (rec.low_water_mark / rec.block_size).max(1),
+    );
+    Ok(vec![(
+        0,
+        rec.data_size / SECTOR,
+        "thin-pool".into(),
+        params,
+    )])
+}
+
+/// Attach the backing devices and load the pool table (a new dm device).
+fn load_pool_table(ctx: &Ctx, rec: &PoolRecord) -> Result<()> {
+    let (meta, data) = backing_devices(rec)?;
+    let table = pool_table(rec, &meta, &data)?;
+    ctx.dm()?.create(
+        &names::pool_dm_name(&rec.name),
+        &names::pool_dm_uuid(&rec.uuid),
+        &table,
+        false,
+    )?;
+    Ok(())
+}
+
+/// `dmctl pool activate`: idempotent. After a reboot: re-attach the loop
+/// devices, `thin_check` the metadata, load the table, finish or roll back
+/// an interrupted transaction, re-activate the volumes that were active.
+/// Returns notes on what it repaired.
+pub fn activate(ctx: &Ctx, pool: &str) -> Result<Vec<String>> {
+    let _lock = ctx.store.lock_pool(pool)?;
+    let mut notes = vec![];
+    let mut rec = ctx.store.load_pool(pool)?;
+    if rec.state == PoolState::Creating {
+        undo_create(ctx, &rec)?;
+        return Err(Error::NotFound(format!(
+            "pool '{pool}' was never completely created; the interrupted creation was rolled back"
+        )));
+    }
+    if ctx.pool_device(&rec)?.is_none() {
+        let (meta, _) = backing_devices(&rec)?;
+        check_metadata(&meta)?;
+        load_pool_table(ctx, &rec)?;
+        notes.push(format!("pool {pool}: activated"));
+    }
+    notes.extend(txn::recover(ctx, &mut rec)?);
+    for v in ctx.store.list_volumes(pool)? {
+        if v.active && ctx.thin_device(&rec, &v)?.is_none() {
+            volume::activate_device(ctx, &rec, &v, v.read_only)?;
+            notes.push(format!("{pool}/{}: re-activated", v.name));
+        }
+    }
+    Ok(notes)
+}
+
+/// `thin_check` before activation, as LVM does: a pool whose metadata is
+/// damaged is not activated. Fresh (zeroed) metadata has nothing to check.
+fn check_metadata(meta: &Path) -> Result<()> {
+    if blockdev::is_zeroed_start(meta, META_HEADER)? {
+        return Ok(());
+    }
+    let out = Tool::ThinCheck.output([
+        std::ffi::OsStr::new("-q"),
+        std::ffi::OsStr::new("--clear-needs-check-flag"),
+        meta.as_os_str(),
+    ])?;
+    if !out.status.success() {
+        return Err(Error::PoolState(format!(
+            "pool metadata on {} failed thin_check ({}); not activating it \
+             (`dmctl pool repair` can rebuild it)",
+            meta.display(),
+            Tool::ThinCheck.failed(&out)
+        )));
+    }
+    Ok(())
+}
+
+/// Names of the pool's volumes that are mounted now, with where.
+fn mounted_volumes(ctx: &Ctx, rec: &PoolRecord) -> Result<Vec<String>> {
+    let mut out = vec![];
+    if ctx.pool_device(rec)?.is_none() {
+        return Ok(out);
+    }
+    for v in ctx.store.list_volumes(&rec.name)? {
+        if let Some(info) = ctx.thin_device(rec, &v)? {
+            for mp in mount::mountpoints_of(info.devno)? {
+                out.push(format!("{} at {}", v.name, mp.display()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `dmctl pool deactivate`: remove the volumes' and the pool's dm devices
+/// and detach the loops. Volumes keep their `active` flag so the next
+/// `pool activate` restores them.
+pub fn deactivate(ctx: &Ctx, pool: &str) -> Result<()> {
+    let _lock = ctx.store.lock_pool(pool)?;
+    let rec = ctx.ready_pool(pool)?;
+    let mounted = mounted_volumes(ctx, &rec)?;
+    if !mounted.is_empty() {
+        return Err(Error::Busy(format!(
+            "pool '{pool}' has mounted volumes: {}",
+            mounted.join(", ")
+        )));
+    }
+    if ctx.pool_device(&rec)?.is_some() {
+        for v in ctx.store.list_volumes(pool)? {
+            txn::remove_thin_device(ctx, &rec, &v)?;
+        }
+        ctx.dm()?.remove(&names::pool_dm_name(pool), false)?;
+    }
+    detach_loops(&rec)
+}
+
+/// `dmctl pool destroy`: everything of the pool goes: volumes, devices,
+/// backing files, metadata. Refused while volumes are mounted; a pool with
+/// volumes needs `force`.
+pub fn destroy(ctx: &Ctx, pool: &str, force: bool) -> Result<()> {
+    let _lock = ctx.store.lock_pool(pool)?;
+    let rec = ctx.store.load_pool(pool)?;
+    if rec.state == PoolState::Creating {
+        return undo_create(ctx, &rec);
+    }
+    let mounted = mounted_volumes(ctx, &rec)?;
+    if !mounted.is_empty() {
+        return Err(Error::Busy(format!(
+            "pool '{pool}' has mounted volumes: {}; unmount them first",
+            mounted.join(", ")
+        )));
+    }
+    let vols = ctx.store.list_volumes(pool)?;
+    if !vols.is_empty() && !force {
+        return Err(Error::Busy(format!(
+            "pool '{pool}' has {} volume(s); use --force to destroy it with them",
+            vols.len()
+        )));
+    }
+    if ctx.pool_device(&rec)?.is_some() {
+        for v in &vols {
+            txn::remove_thin_device(ctx, &rec, v)?;
+        }
+        ctx.dm()?.remove(&names::pool_dm_name(pool), false)?;
+    }
+    detach_loops(&rec)?;
+    if let Backing::Device { path } = &rec.meta {
+        // Leave the device reusable by a new `pool create`.
+        blockdev::zero_start(path, META_HEADER)?;
+    }
+    ctx.store.remove_pool(pool)
+}
+
+/// `dmctl pool extend`: grow data and/or metadata, live.
+pub fn extend(
+    ctx: &Ctx,
+    pool: &str,
+    data_size: Option<u64>,
+    meta_size: Option<u64>,
+) -> Result<PoolRecord> {
+    let _lock = ctx.store.lock_pool(pool)?;
+    let mut rec = ctx.ready_pool(pool)?;
+    if data_size.is_none() && meta_size.is_none() {
+        return Err(Error::Invalid(
+            "nothing to extend: give --data-size and/or --meta-size".into(),
+        ));
+    }
+    let new_data = match (&rec.data, data_size) {
+        (_, Some(s)) => s / rec.block_size * rec.block_size,
+        (Backing::Device { path }, None) => device_size(path)? / rec.block_size * rec.block_size,
+        (Backing::File { .. }, None) => rec.data_size,
+    };
+    let new_meta = match (&rec.meta, meta_size) {
+        (_, Some(s)) => s / META_BLOCK_BYTES * META_BLOCK_BYTES,
+        (Backing::Device { path }, None) => device_size(path)?.min(MAX_META_SIZE),
+        (Backing::File { .. }, None) => rec.meta_size,
+    };
+    if new_data < rec.data_size || new_meta < rec.meta_size {
+        return Err(Error::Invalid(format!(
+            "pools only grow: data {} -> {}, metadata {} -> {}",
+            format_size(rec.data_size),
+            format_size(new_data),
+            format_size(rec.meta_size),
+            format_size(new_meta)
+        )));
+    }
+    if new_meta > MAX_META_SIZE {
+        return Err(Error::Invalid(
+            "metadata larger than 16G is never used".into(),
+        ));
+    }
+    for (b, size) in [(&rec.data, new_data), (&rec.meta, new_meta)] {
+        if let Backing::Device { path } = b {
+            if device_size(path)? < size {
+                return Err(Error::Invalid(format!(
+                    "{} is smaller than {}",
+                    path.display(),
+                    format_size(size)
+                )));
+            }
+        }
+    }
+    // Record first: activation grows a file that is shorter than recorded,
+    // so a crash anywhere below is finished by the next activation.
+    rec.data_size = new_data;
+    rec.meta_size = new_meta;
+    ctx.store.save_pool(&rec)?;
+    let (meta, data) = backing_devices(&rec)?;
+    if ctx.pool_device(&rec)?.is_some() {
+        let table = pool_table(&rec, &meta, &data)?;
+        ctx.dm()?
+            .reload(&names::pool_dm_name(pool), &table, false)?;
+    }
+    Ok(rec)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolReport {
+    pub name: String,
+    pub dm_name: String,
+    pub uuid: String,
+    pub active: bool,
+    pub transaction_id: u64,
+    pub data_size: u64,
+    pub data_used: Option<u64>,
+    pub meta_size: u64,
+    pub meta_used: Option<u64>,
+    pub block_size: u64,
+    pub low_water_mark: u64,
+    pub mode: Option<PoolMode>,
+    pub needs_check: Option<bool>,
+    pub no_space_policy: &'static str,
+    pub discard_passdown: Option<bool>,
+    pub data: PathBuf,
+    pub meta: PathBuf,
+    pub backing: &'static str,
+    pub volumes: usize,
+    pub open_transaction: Option<u64>,
+}
+
+/// `dmctl pool status`: the record plus, if active, the kernel's status line.
+pub fn status(ctx: &Ctx, pool: &str) -> Result<PoolReport> {
+    let rec = ctx.store.load_pool(pool)?;
+    let mut r = PoolReport {
+        name: rec.name.clone(),
+        dm_name: names::pool_dm_name(&rec.name),
+        uuid: rec.uuid.clone(),
+        active: false,
+        transaction_id: rec.transaction_id,
+        data_size: rec.data_size,
+        data_used: None,
+        meta_size: rec.meta_size,
+        meta_used: None,
+        block_size: rec.block_size,
+        low_water_mark: rec.low_water_mark,
+        mode: None,
+        needs_check: None,
+        no_space_policy: if rec.error_if_no_space {
+            "error"
+        } else {
+            "queue"
+        },
+        discard_passdown: None,
+        data: rec.data.path().to_path_buf(),
+        meta: rec.meta.path().to_path_buf(),
+        backing: match rec.data {
+            Backing::File { .. } => "file",
+            Backing::Device { .. } => "device",
+        },
+        volumes: ctx.store.list_volumes(pool)?.len(),
+        open_transaction: ctx.store.load_txn(pool)?.map(|t| t.transaction_id),
+    };
+    if rec.state == PoolState::Ready && ctx.pool_device(&rec)?.is_some() {
+        r.active = true;
+        match ctx.pool_status(&rec)? {
+            PoolStatusLine::Active(s) => {
+                r.transaction_id = s.transaction_id;
+                r.data_used = Some(s.used_data_blocks * rec.block_size);
+                r.data_size = s.total_data_blocks * rec.block_size;
+                r.meta_used = Some(s.used_meta_blocks * META_BLOCK_BYTES);
+                r.meta_size = s.total_meta_blocks * META_BLOCK_BYTES;
+                r.mode = Some(s.mode);
+                r.needs_check = Some(s.needs_check);
+                r.discard_passdown = Some(s.discard_passdown);
+                r.no_space_policy = if s.error_if_no_space {
+                    "error"
+                } else {
+                    "queue"
+                };
+            }
+            PoolStatusLine::Fail | PoolStatusLine::Error => r.mode = Some(PoolMode::Fail),
+        }
+    }
+    Ok(r)
+}
+
+/// `dmctl pool ls`.
+pub fn list(ctx: &Ctx) -> Result<Vec<PoolReport>> {
+    ctx.store
+        .list_pools()?
+        .iter()
+        .map(|p| status(ctx, p))
+        .collect()
+}
+
+/// `dmctl pool activate --all`: every pool; errors are collected so one
+/// broken pool does not keep the others down.
+pub fn activate_all(ctx: &Ctx) -> Vec<(String, Result<Vec<String>>)> {
+    match ctx.store.list_pools() {
+        Ok(pools) => pools
+            .into_iter()
+            .map(|p| {
+                let r = activate(ctx, &p);
+                (p, r)
+            })
+            .collect(),
+        Err(e) => vec![("*".into(), Err(e))],
+    }
+}

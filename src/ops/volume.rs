@@ -1,0 +1,679 @@
+//! Volume operations: create, snapshot, activate, deactivate, mount, umount,
+//! rm, resize, info, ls.
+
+use super::{devnode, thin_table, txn, Ctx};
+use crate::error::{Error, Result};
+use crate::kernel::dm::{errno_of, DevInfo};
+use crate::kernel::status::{parse_thin_status, PoolMode, PoolStatus, ThinStatus};
+use crate::kernel::{blockdev, mount};
+use crate::names::{self, validate_name, VolumeRef};
+use crate::store::model::{now, Filesystem, PoolRecord, Transaction, TxnOp, VolumeRecord};
+use crate::tools::Tool;
+use crate::units::{format_size, require_sector_multiple, SECTOR};
+use nix::errno::Errno;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// How many taken ids `create_thin`/`create_snap` skip before giving up.
+const ID_RETRIES: u32 = 64;
+
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub volume: VolumeRef,
+    pub size: u64,
+    pub fs: Option<Filesystem>,
+    pub mkfs_args: Vec<String>,
+}
+
+/// Lock the pool, load it, and finish any interrupted transaction: the
+/// prologue of every mutating volume command.
+fn open_pool(ctx: &Ctx, pool: &str) -> Result<(crate::fsutil::LockFile, PoolRecord)> {
+    let lock = ctx.store.lock_pool(pool)?;
+    let mut rec = ctx.ready_pool(pool)?;
+    ctx.active_pool_device(&rec)?;
+    if let Some(note) = txn::recover(ctx, &mut rec)? {
+        eprintln!("dmctl: {note}");
+    }
+    Ok((lock, rec))
+}
+
+/// Refuse new thin devices on a pool that cannot take them: not read-write,
+/// or with less free data space than its threshold (Docker's
+/// `dm.min_free_space`).
+fn check_room(pool: &PoolRecord, s: &PoolStatus) -> Result<()> {
+    if s.mode != PoolMode::ReadWrite {
+        return Err(Error::PoolState(format!(
+            "pool '{}' is {} (not rw); extend it with `dmctl pool extend`",
+            pool.name,
+            s.mode.as_str()
+        )));
+    }
+    if s.needs_check {
+        return Err(Error::PoolState(format!(
+            "pool '{}' needs a metadata check (deactivate and activate it)",
+            pool.name
+        )));
+    }
+    let free = s.total_data_blocks.saturating_sub(s.used_data_blocks);
+    if free * 100 < s.total_data_blocks * u64::from(pool.min_free_percent) {
+        return Err(Error::PoolState(format!(
+            "pool '{}' has {}% of its data space free, below its {}% threshold; \
+             extend it with `dmctl pool extend`",
+            pool.name,
+            free * 100 / s.total_data_blocks.max(1),
+            pool.min_free_percent
+        )));
+    }
+    let mfree = s.total_meta_blocks.saturating_sub(s.used_meta_blocks);
+    if mfree * 100 < s.total_meta_blocks * u64::from(pool.min_free_percent) {
+        return Err(Error::PoolState(format!(
+            "pool '{}' has {}% of its metadata space free; extend it with \
+             `dmctl pool extend --meta-size`",
+            pool.name,
+            mfree * 100 / s.total_meta_blocks.max(1)
+        )));
+    }
+    Ok(())
+}
+
+fn check_new_name(ctx: &Ctx, pool: &PoolRecord, name: &str) -> Result<()> {
+    validate_name("volume", name)?;
+    names::check_dm_name(&names::thin_dm_name(&pool.name, name))?;
+    if ctx.store.load_volume(&pool.name, name)?.is_some() {
+        return Err(Error::Exists(format!(
+            "volume '{}/{name}' already exists",
+            pool.name
+        )));
+    }
+    Ok(())
+}
+
+fn check_size(size: u64) -> Result<u64> {
+    if size == 0 {
+        return Err(Error::Invalid("size must be greater than 0".into()));
+    }
+    require_sector_multiple(size, "size")?;
+    Ok(size)
+}
+
+/// Send `create_thin`/`create_snap` for the transaction's volume. If the id
+/// is taken in the kernel (EEXIST: a leftover dmctl does not know), move to
+/// the next id, recording it in the transaction first.
+fn create_in_pool(
+    ctx: &Ctx,
+    pool: &PoolRecord,
+    txn: &mut Transaction,
+    suspended_origin: Option<&str>,
+) -> Result<VolumeRecord> {
+    for _ in 0..ID_RETRIES {
+        let TxnOp::Create { volume } = &txn.op else {
+            unreachable!("create_in_pool on a delete transaction")
+        };
+        let msg = match volume.parent_device_id {
+            Some(origin) => format!("create_snap {} {origin}", volume.device_id),
+            None => format!("create_thin {}", volume.device_id),
+        };
+        let dm = ctx.dm()?;
+        let sent = match suspended_origin {
+            // An active origin must be suspended around create_snap (the
+            // kernel does not enforce it; skipping it corrupts snapshots).
+            Some(origin) => {
+                dm.suspend(origin)?;
+                let r = dm.message(&names::pool_dm_name(&pool.name), &msg);
+                dm.resume(origin)?;
+                r
+            }
+            None => dm.message(&names::pool_dm_name(&pool.name), &msg),
+        };
+        match sent {
+            Ok(_) => return Ok(volume.clone()),
+            Err(e) if errno_of(&e) == Some(Errno::EEXIST) => {
+                let mut v = volume.clone();
+                v.device_id = txn::next_id(v.device_id);
+                txn.op = TxnOp::Create { volume: v };
+                ctx.store.save_txn(&pool.name, txn)?;
+            }
+            Err(_) => return ctx.pool_message(pool, &msg).map(|_| volume.clone()),
+        }
+    }
+    Err(Error::PoolState(format!(
+        "pool '{}': {ID_RETRIES} consecutive thin ids are taken; run `dmctl check {} --repair`",
+        pool.name, pool.name
+    )))
+}
+
+/// Run the body of a create-like transaction; on failure undo everything
+/// (the same path a crash takes on the next command).
+fn in_create_txn<F>(
+    ctx: &Ctx,
+    pool: &mut PoolRecord,
+    volume: VolumeRecord,
+    body: F,
+) -> Result<VolumeRecord>
+where
+    F: FnOnce(&mut PoolRecord, &mut Transaction) -> Result<VolumeRecord>,
+{
+    let mut t = txn::begin(ctx, pool, TxnOp::Create { volume })?;
+    let id_floor = pool.next_device_id;
+    match body(pool, &mut t) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            if let Err(undo) = txn::recover(ctx, pool) {
+                return Err(Error::Drift(format!(
+                    "{e}; and undoing it failed: {undo} (the next command retries)"
+                )));
+            }
+            debug_assert!(pool.next_device_id >= id_floor);
+            Err(e)
+        }
+    }
+}
+
+fn new_record(pool: &PoolRecord, name: &str, size: u64) -> VolumeRecord {
+    VolumeRecord {
+        name: name.to_string(),
+        device_id: pool.next_device_id,
+        size,
+        transaction_id: pool.transaction_id + 1,
+        initialized: false,
+        parent: None,
+        parent_device_id: None,
+        fs: None,
+        created: now(),
+        active: false,
+        read_only: false,
+        mountpoint: None,
+    }
+}
+
+/// `dmctl create POOL/NAME --size SIZE [--fs ext4|xfs|none]`: a new thin
+/// volume, active, formatted.
+pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
+    let size = check_size(req.size)?;
+    let (_lock, mut pool) = open_pool(ctx, &req.volume.pool)?;
+    check_new_name(ctx, &pool, &req.volume.name)?;
+    check_room(&pool, &ctx.usable_pool_status(&pool)?)?;
+    let mut vol = new_record(&pool, &req.volume.name, size);
+    vol.fs = req.fs;
+    vol.active = true;
+    in_create_txn(ctx, &mut pool, vol, |pool, t| {
+        let mut v = create_in_pool(ctx, pool, t, None)?;
+        ctx.store.save_volume(&pool.name, &v)?;
+        let info = activate_device(ctx, pool, &v, false)?;
+        if let Some(fs) = v.fs {
+            mkfs(fs, &devnode(&info), &req.mkfs_args)?;
+        }
+        v.initialized = true;
+        ctx.store.save_volume(&pool.name, &v)?;
+        t.op = TxnOp::Create { volume: v.clone() };
+        txn::commit(ctx, pool, t)?;
+        Ok(v)
+    })
+}
+
+fn mkfs(fs: Filesystem, dev: &Path, extra: &[String]) -> Result<()> {
+    let dev = dev.to_string_lossy().into_owned();
+    let mut args: Vec<String> = match fs {
+        // Docker's choices: no discard pass at mkfs time (the thin device is
+        // all unmapped already) and no lazy init that would write later.
+        Filesystem::Ext4 => [
+            "-q",
+            "-F",
+            "-E",
+            "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+        ]
+        .map(String::from)
+        .to_vec(),
+        Filesystem::Xfs => ["-q", "-f", "-K"].map(String::from).to_vec(),
+    };
+    args.extend(extra.iter().cloned());
+    args.push(dev);
+    let tool = match fs {
+        Filesystem::Ext4 => Tool::MkfsExt4,
+        Filesystem::Xfs => Tool::MkfsXfs,
+    };
+    tool.run(&args).map(|_| ())
+}
+
+/// `dmctl snapshot POOL/ORIGIN POOL/NAME [--size SIZE]`: a snapshot of an
+/// active or inactive, mounted or unmounted origin. The snapshot is left
+/// inactive (as LVM does); `activate` or `mount` brings it up.
+pub fn snapshot(
+    ctx: &Ctx,
+    origin: &VolumeRef,
+    new: &VolumeRef,
+    size: Option<u64>,
+) -> Result<VolumeRecord> {
+    if origin.pool != new.pool {
+        return Err(Error::Invalid(format!(
+            "a snapshot lives in its origin's pool: {origin} and {new} differ"
+        )));
+    }
+    let (_lock, mut pool) = open_pool(ctx, &origin.pool)?;
+    let o = ctx.store.volume(&origin.pool, &origin.name)?;
+    if !o.initialized {
+        return Err(Error::PoolState(format!(
+            "volume '{origin}' is not fully created"
+        )));
+    }
+    check_new_name(ctx, &pool, &new.name)?;
+    check_room(&pool, &ctx.usable_pool_status(&pool)?)?;
+    let size = match size {
+        Some(s) if s < o.size => {
+            return Err(Error::Invalid(format!(
+                "snapshot size {} is smaller than its origin's {}",
+                format_size(s),
+                format_size(o.size)
+            )))
+        }
+        Some(s) => check_size(s)?,
+        None => o.size,
+    };
+    let mut vol = new_record(&pool, &new.name, size);
+    vol.parent = Some(o.name.clone());
+    vol.parent_device_id = Some(o.device_id);
+    vol.fs = o.fs;
+    let origin_dm = ctx
+        .thin_device(&pool, &o)?
+        .map(|_| ctx.thin_dm_name(&pool, &o));
+    in_create_txn(ctx, &mut pool, vol, |pool, t| {
+        let mut v = create_in_pool(ctx, pool, t, origin_dm.as_deref())?;
+        v.initialized = true;
+        ctx.store.save_volume(&pool.name, &v)?;
+        t.op = TxnOp::Create { volume: v.clone() };
+        txn::commit(ctx, pool, t)?;
+        Ok(v)
+    })
+}
+
+/// Create the volume's dm device (no-op if it exists).
+pub fn activate_device(
+    ctx: &Ctx,
+    pool: &PoolRecord,
+    vol: &VolumeRecord,
+    read_only: bool,
+) -> Result<DevInfo> {
+    if let Some(info) = ctx.thin_device(pool, vol)? {
+        return Ok(info);
+    }
+    let pool_dev = ctx.active_pool_device(pool)?;
+    let info = ctx.dm()?.create(
+        &ctx.thin_dm_name(pool, vol),
+        &names::thin_dm_uuid(&pool.uuid, vol.device_id),
+        &thin_table(pool_dev.devno, vol.device_id, vol.size),
+        read_only,
+    )?;
+    blockdev::wait_for_node(&devnode(&info), info.devno)?;
+    Ok(info)
+}
+
+/// `dmctl activate POOL/NAME [--ro]`.
+pub fn activate(ctx: &Ctx, v: &VolumeRef, read_only: bool) -> Result<DevInfo> {
+    let (_lock, pool) = open_pool(ctx, &v.pool)?;
+    let mut vol = ctx.store.volume(&v.pool, &v.name)?;
+    let info = activate_device(ctx, &pool, &vol, read_only)?;
+    if !vol.active || vol.read_only != read_only {
+        vol.active = true;
+        vol.read_only = read_only;
+        ctx.store.save_volume(&pool.name, &vol)?;
+    }
+    Ok(info)
+}
+
+/// Error for a volume that is in use, naming what holds it.
+fn busy(v: &VolumeRef, info: &DevInfo, mountpoint: Option<&Path>, what: &str) -> Error {
+    let holders = blockdev::users_of(&devnode(info), info.devno, mountpoint);
+    let held = if holders.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; held by {}",
+            holders
+                .iter()
+                .map(|h| format!("{} (pid {}, {})", h.command, h.pid, h.how))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    Error::Busy(format!("volume '{v}' {what}{held}"))
+}
+
+fn first_mountpoint(info: &DevInfo) -> Result<Option<PathBuf>> {
+    Ok(mount::mountpoints_of(info.devno)?.into_iter().next())
+}
+
+/// `dmctl deactivate POOL/NAME`.
+pub fn deactivate(ctx: &Ctx, v: &VolumeRef) -> Result<()> {
+    let (_lock, pool) = open_pool(ctx, &v.pool)?;
+    let mut vol = ctx.store.volume(&v.pool, &v.name)?;
+    if let Some(info) = ctx.thin_device(&pool, &vol)? {
+        if let Some(mp) = first_mountpoint(&info)? {
+            return Err(busy(
+                v,
+                &info,
+                Some(&mp),
+                &format!("is mounted at {}", mp.display()),
+            ));
+        }
+        if let Err(e) = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false) {
+            return Err(match e {
+                Error::Busy(_) => busy(v, &info, None, "is open"),
+                e => e,
+            });
+        }
+    }
+    if vol.active {
+        vol.active = false;
+        ctx.store.save_volume(&pool.name, &vol)?;
+    }
+    Ok(())
+}
+
+/// `dmctl mount POOL/NAME DIR [--ro] [-o OPTS]`.
+pub fn mount(
+    ctx: &Ctx,
+    v: &VolumeRef,
+    dir: &Path,
+    read_only: bool,
+    options: &str,
+) -> Result<PathBuf> {
+    let (_lock, pool) = open_pool(ctx, &v.pool)?;
+    let mut vol = ctx.store.volume(&v.pool, &v.name)?;
+    let fs = vol.fs.ok_or_else(|| {
+        Error::Invalid(format!(
+            "volume '{v}' has no filesystem (created with --fs none)"
+        ))
+    })?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if !dir.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: not a directory",
+            dir.display()
+        )));
+    }
+    let was_active = ctx.thin_device(&pool, &vol)?.is_some();
+    let info = activate_device(ctx, &pool, &vol, vol.read_only)?;
+    if mount::mountpoints_of(info.devno)?.contains(&dir) {
+        return Ok(dir);
+    }
+    let mut opts = options.to_string();
+    if fs == Filesystem::Xfs {
+        // Snapshots share their origin's XFS UUID.
+        opts = if opts.is_empty() {
+            "nouuid".into()
+        } else {
+            format!("{opts},nouuid")
+        };
+    }
+    if let Err(e) = mount::mount(
+        &devnode(&info),
+        &dir,
+        fs.as_str(),
+        read_only || vol.read_only,
+        &opts,
+    ) {
+        if !was_active {
+            let _ = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false);
+        }
+        return Err(e);
+    }
+    vol.active = true;
+    vol.mountpoint = Some(dir.clone());
+    ctx.store.save_volume(&pool.name, &vol)?;
+    Ok(dir)
+}
+
+/// `dmctl umount POOL/NAME`: unmount it wherever it is mounted.
+pub fn umount(ctx: &Ctx, v: &VolumeRef) -> Result<Vec<PathBuf>> {
+    let (_lock, pool) = open_pool(ctx, &v.pool)?;
+    let mut vol = ctx.store.volume(&v.pool, &v.name)?;
+    let mut done = vec![];
+    if let Some(info) = ctx.thin_device(&pool, &vol)? {
+        for mp in mount::mountpoints_of(info.devno)? {
+            match mount::umount(&mp) {
+                Ok(()) => done.push(mp),
+                Err(Error::Busy(_)) => {
+                    return Err(busy(
+                        v,
+                        &info,
+                        Some(&mp),
+                        &format!("is busy at {}", mp.display()),
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if done.is_empty() && vol.mountpoint.is_none() {
+        return Err(Error::Invalid(format!("volume '{v}' is not mounted")));
+    }
+    vol.mountpoint = None;
+    ctx.store.save_volume(&pool.name, &vol)?;
+    Ok(done)
+}
+
+/// `dmctl rm POOL/NAME [--force]`: unmount (with force), discard the blocks
+/// so a loop file shrinks, remove the dm device, `delete` the thin id.
+pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
+    let (_lock, mut pool) = open_pool(ctx, &v.pool)?;
+    let vol = ctx.store.volume(&v.pool, &v.name)?;
+    let was_active = ctx.thin_device(&pool, &vol)?;
+    // Everything that can refuse comes before the transaction opens.
+    if let Some(info) = &was_active {
+        for mp in mount::mountpoints_of(info.devno)? {
+            if !force {
+                return Err(busy(
+                    v,
+                    info,
+                    Some(&mp),
+                    &format!(
+                        "is mounted at {} (dmctl umount it, or rm --force)",
+                        mp.display()
+                    ),
+                ));
+            }
+            if let Err(Error::Busy(_)) = mount::umount(&mp) {
+                return Err(busy(
+                    v,
+                    info,
+                    Some(&mp),
+                    &format!("is busy at {}", mp.display()),
+                ));
+            }
+        }
+    }
+    let t = txn::begin(
+        ctx,
+        &pool,
+        TxnOp::Delete {
+            volume: vol.clone(),
+        },
+    )?;
+    let undone = (|| -> Result<()> {
+        let info = activate_device(ctx, &pool, &vol, false)?;
+        blockdev::discard(&devnode(&info), 0, vol.size)?;
+        if let Err(e) = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false) {
+            return Err(match e {
+                Error::Busy(_) => busy(v, &info, None, "is open"),
+                e => e,
+            });
+        }
+        Ok(())
+    })();
+    if let Err(e) = undone {
+        // Nothing is committed yet: close the transaction and put the
+        // device back the way it was.
+        ctx.store.clear_txn(&pool.name)?;
+        let active_now = ctx.thin_device(&pool, &vol)?.is_some();
+        if was_active.is_some() && !active_now {
+            activate_device(ctx, &pool, &vol, vol.read_only)?;
+        } else if was_active.is_none() && active_now {
+            let _ = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false);
+        }
+        return Err(e);
+    }
+    txn::delete_thin_id(ctx, &pool, vol.device_id)?;
+    txn::commit(ctx, &mut pool, &t)
+}
+
+/// `dmctl resize POOL/NAME --size SIZE`: grow the device and its filesystem.
+pub fn resize(ctx: &Ctx, v: &VolumeRef, size: u64) -> Result<VolumeRecord> {
+    let size = check_size(size)?;
+    let (_lock, pool) = open_pool(ctx, &v.pool)?;
+    let mut vol = ctx.store.volume(&v.pool, &v.name)?;
+    if size < vol.size {
+        return Err(Error::Invalid(format!(
+            "volumes only grow: '{v}' is {}, asked for {}",
+            format_size(vol.size),
+            format_size(size)
+        )));
+    }
+    if size == vol.size {
+        return Ok(vol);
+    }
+    // Record first: a bigger device under an old filesystem is harmless,
+    // a filesystem bigger than its device is not.
+    vol.size = size;
+    ctx.store.save_volume(&pool.name, &vol)?;
+    let was_active = ctx.thin_device(&pool, &vol)?.is_some();
+    let info = activate_device(ctx, &pool, &vol, false)?;
+    let pool_dev = ctx.active_pool_device(&pool)?;
+    if was_active {
+        ctx.dm()?.reload(
+            &ctx.thin_dm_name(&pool, &vol),
+            &thin_table(pool_dev.devno, vol.device_id, size),
+            vol.read_only,
+        )?;
+    }
+    let node = devnode(&info);
+    let grown = match vol.fs {
+        Some(Filesystem::Ext4) => {
+            if first_mountpoint(&info)?.is_none() {
+                Tool::E2fsck.run([
+                    std::ffi::OsStr::new("-f"),
+                    std::ffi::OsStr::new("-p"),
+                    node.as_os_str(),
+                ])?;
+            }
+            Tool::Resize2fs.run([node.as_os_str()]).map(|_| ())
+        }
+        Some(Filesystem::Xfs) => grow_xfs(ctx, &info, &node),
+        None => Ok(()),
+    };
+    if !was_active {
+        ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false)?;
+    }
+    grown.map(|_| vol)
+}
+
+/// xfs grows only while mounted: use the volume's mount, or a private
+/// temporary one under the state root.
+fn grow_xfs(ctx: &Ctx, info: &DevInfo, node: &Path) -> Result<()> {
+    if let Some(mp) = first_mountpoint(info)? {
+        return Tool::XfsGrowfs.run([mp.as_os_str()]).map(|_| ());
+    }
+    let tmp = ctx
+        .store
+        .root()
+        .join("tmp")
+        .join(format!("grow-{}", std::process::id()));
+    crate::fsutil::create_private_dir(&tmp)?;
+    mount::mount(node, &tmp, "xfs", false, "nouuid")?;
+    let r = Tool::XfsGrowfs.run([tmp.as_os_str()]).map(|_| ());
+    let u = mount::umount(&tmp);
+    let _ = std::fs::remove_dir(&tmp);
+    r.and(u)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeReport {
+    pub name: String,
+    pub pool: String,
+    pub device_id: u32,
+    pub size: u64,
+    pub parent: Option<String>,
+    pub transaction_id: u64,
+    pub initialized: bool,
+    pub active: bool,
+    pub read_only: bool,
+    pub dm_name: String,
+    pub devnode: Option<PathBuf>,
+    pub mountpoint: Option<PathBuf>,
+    pub fs: Option<Filesystem>,
+    pub mapped_bytes: Option<u64>,
+    pub created: u64,
+}
+
+fn report(
+    ctx: &Ctx,
+    pool: &PoolRecord,
+    vol: VolumeRecord,
+    pool_active: bool,
+) -> Result<VolumeReport> {
+    let info = if pool_active {
+        ctx.thin_device(pool, &vol)?
+    } else {
+        None
+    };
+    let (mut node, mut mountpoint, mut mapped) = (None, None, None);
+    if let Some(info) = &info {
+        node = Some(devnode(info));
+        mountpoint = first_mountpoint(info)?;
+        if let Some(line) = ctx.dm()?.status(&ctx.thin_dm_name(pool, &vol))?.first() {
+            if let ThinStatus::Active { mapped_sectors, .. } = parse_thin_status(&line.3)? {
+                mapped = Some(mapped_sectors * SECTOR);
+            }
+        }
+    }
+    Ok(VolumeReport {
+        dm_name: ctx.thin_dm_name(pool, &vol),
+        pool: pool.name.clone(),
+        device_id: vol.device_id,
+        size: vol.size,
+        parent: vol.parent,
+        transaction_id: vol.transaction_id,
+        initialized: vol.initialized,
+        active: info.is_some(),
+        read_only: vol.read_only,
+        devnode: node,
+        mountpoint,
+        fs: vol.fs,
+        mapped_bytes: mapped,
+        created: vol.created,
+        name: vol.name,
+    })
+}
+
+fn pool_is_active(ctx: &Ctx, pool: &PoolRecord) -> Result<bool> {
+    // Without dm (e.g. on a host without the module) nothing is active;
+    // the JSON is still worth showing.
+    match ctx.dm() {
+        Ok(_) => Ok(ctx.pool_device(pool)?.is_some()),
+        Err(_) => Ok(false),
+    }
+}
+
+/// `dmctl info POOL/NAME`.
+pub fn info(ctx: &Ctx, v: &VolumeRef) -> Result<VolumeReport> {
+    let pool = ctx.store.load_pool(&v.pool)?;
+    let vol = ctx.store.volume(&v.pool, &v.name)?;
+    let active = pool_is_active(ctx, &pool)?;
+    report(ctx, &pool, vol, active)
+}
+
+/// `dmctl ls [POOL]`.
+pub fn list(ctx: &Ctx, pool: Option<&str>) -> Result<Vec<VolumeReport>> {
+    let pools = match pool {
+        Some(p) => vec![p.to_string()],
+        None => ctx.store.list_pools()?,
+    };
+    let mut out = vec![];
+    for p in pools {
+        let rec = ctx.store.load_pool(&p)?;
+        let active = pool_is_active(ctx, &rec)?;
+        for v in ctx.store.list_volumes(&p)? {
+            out.push(report(ctx, &rec, v, active)?);
+        }
+    }
+    Ok(out)
+}

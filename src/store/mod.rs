@@ -1,0 +1,173 @@
+//! The state root: JSON metadata of pools and volumes, and their locks.
+//!
+//! ```text
+//! ROOT/                      0700
+//!   locks/POOL.lock          flock: held exclusively by mutating commands
+//!   pools/POOL/pool.json     PoolRecord
+//!   pools/POOL/txn.json      Transaction, only while one is open
+//!   pools/POOL/devices/NAME.json  VolumeRecord
+//!   pools/POOL/data.img, meta.img  sparse backing files (file-backed pools)
+//! ```
+//! Every write is temp + fsync + rename + fsync(dir) (see `fsutil`); files
+//! are 0600 and directories 0700. Names are validated before they become
+//! paths, so nothing resolves outside the root.
+
+pub mod model;
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, LockFile};
+use crate::names::validate_name;
+use model::{PoolRecord, Transaction, VolumeRecord};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/dmctl";
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Create the root and its fixed subdirectories (0700).
+    pub fn init(&self) -> Result<()> {
+        fsutil::create_private_dir(&self.root.join("pools"))?;
+        fsutil::create_private_dir(&self.root.join("locks"))
+    }
+
+    pub fn pool_dir(&self, pool: &str) -> Result<PathBuf> {
+        validate_name("pool", pool)?;
+        Ok(self.root.join("pools").join(pool))
+    }
+
+    fn pool_file(&self, pool: &str) -> Result<PathBuf> {
+        Ok(self.pool_dir(pool)?.join("pool.json"))
+    }
+
+    fn txn_file(&self, pool: &str) -> Result<PathBuf> {
+        Ok(self.pool_dir(pool)?.join("txn.json"))
+    }
+
+    fn devices_dir(&self, pool: &str) -> Result<PathBuf> {
+        Ok(self.pool_dir(pool)?.join("devices"))
+    }
+
+    pub fn volume_file(&self, pool: &str, name: &str) -> Result<PathBuf> {
+        validate_name("volume", name)?;
+        Ok(self.devices_dir(pool)?.join(format!("{name}.json")))
+    }
+
+    /// Take the pool's lock: exclusive for commands that change anything.
+    /// Read-only commands take none (every file is replaced atomically).
+    pub fn lock_pool(&self, pool: &str) -> Result<LockFile> {
+        validate_name("pool", pool)?;
+        self.init()?;
+        fsutil::lock_exclusive(&self.root.join("locks").join(format!("{pool}.lock")))
+    }
+
+    pub fn pool_exists(&self, pool: &str) -> Result<bool> {
+        Ok(self.pool_file(pool)?.exists())
+    }
+
+    pub fn list_pools(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("pools");
+        let mut names = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| crate::names::is_valid_name(n))
+                .filter(|n| dir.join(n).join("pool.json").exists())
+                .collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn load_pool(&self, pool: &str) -> Result<PoolRecord> {
+        fsutil::read_json_opt(&self.pool_file(pool)?)?
+            .ok_or_else(|| Error::NotFound(format!("pool '{pool}' not found")))
+    }
+
+    /// Create the pool's directories and write its record.
+    pub fn save_pool(&self, rec: &PoolRecord) -> Result<()> {
+        fsutil::create_private_dir(&self.devices_dir(&rec.name)?)?;
+        fsutil::write_json_atomic(&self.pool_file(&rec.name)?, rec)
+    }
+
+    /// Remove the pool's whole directory (after its devices are gone).
+    pub fn remove_pool(&self, pool: &str) -> Result<()> {
+        let dir = self.pool_dir(pool)?;
+        // pool.json goes first, durably: a crash mid-way leaves no pool
+        // record pointing at half-removed files.
+        fsutil::remove_file_durable(&dir.join("pool.json"))?;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+        fsutil::fsync_dir(&self.root.join("pools"))
+    }
+
+    pub fn load_volume(&self, pool: &str, name: &str) -> Result<Option<VolumeRecord>> {
+        fsutil::read_json_opt(&self.volume_file(pool, name)?)
+    }
+
+    /// A volume that must exist.
+    pub fn volume(&self, pool: &str, name: &str) -> Result<VolumeRecord> {
+        self.load_volume(pool, name)?
+            .ok_or_else(|| Error::NotFound(format!("volume '{pool}/{name}' not found")))
+    }
+
+    pub fn save_volume(&self, pool: &str, rec: &VolumeRecord) -> Result<()> {
+        fsutil::write_json_atomic(&self.volume_file(pool, &rec.name)?, rec)
+    }
+
+    pub fn remove_volume(&self, pool: &str, name: &str) -> Result<bool> {
+        fsutil::remove_file_durable(&self.volume_file(pool, name)?)
+    }
+
+    /// Every volume of the pool, sorted by name.
+    pub fn list_volumes(&self, pool: &str) -> Result<Vec<VolumeRecord>> {
+        let dir = self.devices_dir(pool)?;
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        let mut out = vec![];
+        for entry in rd {
+            let entry = entry.at(&dir)?;
+            let file = entry.file_name();
+            let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
+                continue; // temp files of an interrupted write
+            };
+            if !crate::names::is_valid_name(name) {
+                continue;
+            }
+            out.push(fsutil::read_json(&entry.path())?);
+        }
+        out.sort_by(|a: &VolumeRecord, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn load_txn(&self, pool: &str) -> Result<Option<Transaction>> {
+        fsutil::read_json_opt(&self.txn_file(pool)?)
+    }
+
+    pub fn save_txn(&self, pool: &str, txn: &Transaction) -> Result<()> {
+        fsutil::write_json_atomic(&self.txn_file(pool)?, txn)
+    }
+
+    pub fn clear_txn(&self, pool: &str) -> Result<()> {
+        fsutil::remove_file_durable(&self.txn_file(pool)?).map(|_| ())
+    }
+}
