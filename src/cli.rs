@@ -37,7 +37,10 @@ struct Cli {
 }
 
 fn size(s: &str) -> Result<u64, String> {
-    parse_size(s).map_err(|e| e.to_string())
+    match parse_size(s) {
+        Ok(0) => Err(format!("invalid size '{s}': must be greater than 0")),
+        r => r.map_err(|e| e.to_string()),
+    }
 }
 
 fn volref(s: &str) -> Result<VolumeRef, String> {
@@ -128,6 +131,12 @@ enum Command {
         #[arg(long)]
         tree: bool,
     },
+    /// Compare dmctl's metadata with the kernel's; --repair fixes drift.
+    Check {
+        pool: String,
+        #[arg(long)]
+        repair: bool,
+    },
     /// Show one volume.
     Info {
         #[arg(value_parser = volref, value_name = "POOL/NAME")]
@@ -189,7 +198,15 @@ enum PoolCommand {
 }
 
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|mut e| {
+        // clap echoes a bad value raw: a newline in it would split the error line.
+        use clap::error::{ContextKind, ContextValue};
+        if let Some(ContextValue::String(v)) = e.get(ContextKind::InvalidValue) {
+            let v = ContextValue::String(v.escape_debug().to_string());
+            e.insert(ContextKind::InvalidValue, v);
+        }
+        e.exit()
+    });
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -319,6 +336,33 @@ fn run(cli: &Cli) -> Result<i32> {
                     print_volumes(vols)
                 }
             })
+        }
+        Command::Check { pool, repair } => {
+            let r = ops::check::check(&ctx, pool, *repair)?;
+            emit(cli, &r, |r| {
+                for line in &r.repaired {
+                    println!("repaired: {line}");
+                }
+                println!(
+                    "pool {}: transaction id {} (recorded {}), {} orphan id(s), {} missing, {} corrupt file(s){}",
+                    r.pool,
+                    r.kernel_transaction_id,
+                    r.recorded_transaction_id,
+                    r.orphan_ids.len(),
+                    r.missing_ids.len(),
+                    r.corrupt_files.len(),
+                    if r.open_transaction.is_some() { ", an open transaction" } else { "" }
+                );
+                for f in &r.corrupt_files {
+                    println!("corrupt: {f}");
+                }
+            })?;
+            if !r.clean {
+                anyhow::bail!(
+                    "pool {pool}: metadata drift found; run `dmctl check {pool} --repair`"
+                );
+            }
+            Ok(0)
         }
         Command::Info { volume } => {
             let r = volume::info(&ctx, volume)?;

@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod names;
 pub mod ops;
 pub mod store;
+pub mod thinmeta;
 pub mod tools;
 pub mod units;
 

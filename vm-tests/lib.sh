@@ -182,7 +182,7 @@ boot_guest() {
         args+=(-drive "file=$disk,if=virtio,format=raw,cache=writeback")
     fi
     : >"$logf"
-    qemu-system-x86_64 "${args[@]}" </dev/null 2>&1 | tr -d '\r' | tee -a "$logf" &
+    qemu-system-x86_64 "${args[@]}" </dev/null 2>&1 | stdbuf -o0 tr -d '\r' | tee -a "$logf" &
     # $! is tee's pid; find QEMU's by its initrd argument.
     sleep 0.2
     qpid=$(pgrep -n -f -- "-initrd $initrd" || true)
@@ -217,6 +217,43 @@ boot_guest() {
         return 125
     fi
     return "$rc"
+}
+
+# Sum libtest's "test result:" lines of a log: prints "passed failed".
+sum_results() {
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+         END { print p + 0, f + 0 }' "$1"
+}
+
+# Names of the power-cut tests in the staged test binaries.
+power_cut_tests() {
+    local bin
+    for bin in $TEST_BINARIES; do
+        "$bin" --list --format terse 2>/dev/null | sed -n 's/^\(.*power_cut[^:]*\): test$/\1/p'
+    done
+}
+
+# power_cut_test NAME WORKDIR: phase 1 on a fresh disk until the guest asks
+# for the power cut (QEMU is SIGKILLed), phase 2 on the same disk. Returns 0
+# if phase 2 passed.
+power_cut_test() {
+    local t=$1 work=$2 disk rc p f
+    disk="$work/disk.img"
+    rm -f "$disk" && truncate -s 8G "$disk"
+    log "power-cut test $t: phase 1"
+    rc=0
+    boot_guest "$INITRD" "$work/cut1.log" "$disk" "dmctl.only=$t dmctl.phase=1" || rc=$?
+    if [ "$rc" -ne 0 ] || ! grep -q '^DMCTL-VM-POWERCUT' "$work/cut1.log"; then
+        log "power-cut test $t: phase 1 did not reach the power cut"
+        rm -f "$disk"
+        return 1
+    fi
+    log "power-cut test $t: phase 2, booting again on the same disk"
+    rc=0
+    boot_guest "$INITRD" "$work/cut2.log" "$disk" "dmctl.only=$t dmctl.phase=2" || rc=$?
+    rm -f "$disk"
+    read -r p f < <(sum_results "$work/cut2.log")
+    [ "$rc" -eq 0 ] && [ "$p" -ge 1 ] && [ "$f" -eq 0 ]
 }
 
 # prepare JOB: everything up to a bootable initrd in $INITRD.

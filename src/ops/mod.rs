@@ -5,6 +5,7 @@
 //! transaction a crashed command left (see `txn::recover`) before doing
 //! anything else.
 
+pub mod check;
 pub mod pool;
 pub mod txn;
 pub mod volume;

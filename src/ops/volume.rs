@@ -78,11 +78,19 @@ fn check_room(pool: &PoolRecord, s: &PoolStatus) -> Result<()> {
 
 fn check_new_name(ctx: &Ctx, pool: &PoolRecord, name: &str) -> Result<()> {
     validate_name("volume", name)?;
-    names::check_dm_name(&names::thin_dm_name(&pool.name, name))?;
+    let dm_name = names::thin_dm_name(&pool.name, name);
+    names::check_dm_name(&dm_name)?;
     if ctx.store.load_volume(&pool.name, name)?.is_some() {
         return Err(Error::Exists(format!(
             "volume '{}/{name}' already exists",
             pool.name
+        )));
+    }
+    // A device of that name that is not ours (ours has a record, above)
+    // would make the create fail half-way and its undo refuse to touch it.
+    if ctx.dm()?.info(&dm_name)?.is_some() {
+        return Err(Error::Exists(format!(
+            "a dm device named {dm_name} already exists"
         )));
     }
     Ok(())

@@ -135,8 +135,9 @@ impl Store {
         fsutil::remove_file_durable(&self.volume_file(pool, name)?)
     }
 
-    /// Every volume of the pool, sorted by name.
-    pub fn list_volumes(&self, pool: &str) -> Result<Vec<VolumeRecord>> {
+    /// Names of the pool's volume files, sorted (temp files of an
+    /// interrupted write are not volumes).
+    pub fn volume_names(&self, pool: &str) -> Result<Vec<String>> {
         let dir = self.devices_dir(pool)?;
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -145,18 +146,24 @@ impl Store {
         };
         let mut out = vec![];
         for entry in rd {
-            let entry = entry.at(&dir)?;
-            let file = entry.file_name();
-            let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
-                continue; // temp files of an interrupted write
-            };
-            if !crate::names::is_valid_name(name) {
-                continue;
+            let file = entry.at(&dir)?.file_name();
+            if let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) {
+                if crate::names::is_valid_name(name) {
+                    out.push(name.to_string());
+                }
             }
-            out.push(fsutil::read_json(&entry.path())?);
         }
-        out.sort_by(|a: &VolumeRecord, b| a.name.cmp(&b.name));
+        out.sort();
         Ok(out)
+    }
+
+    /// Every volume of the pool, sorted by name. A corrupt file is an
+    /// error naming it (`dmctl check` reports such files one by one).
+    pub fn list_volumes(&self, pool: &str) -> Result<Vec<VolumeRecord>> {
+        self.volume_names(pool)?
+            .iter()
+            .map(|n| self.volume(pool, n))
+            .collect()
     }
 
     pub fn load_txn(&self, pool: &str) -> Result<Option<Transaction>> {

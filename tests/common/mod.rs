@@ -10,11 +10,16 @@ use std::path::Path;
 /// past libtest's output capture so it is visible in the run. Inside the test
 /// guest (`DMCTL_REQUIRE_DM=1`) a missing dm is a failure, never a skip.
 pub fn require_dm(test: &str) -> bool {
-    if Path::new("/dev/mapper/control").exists() {
+    // The node alone proves nothing: libdevmapper creates it even on a
+    // kernel without dm. Opening it does.
+    let opened = std::fs::File::open("/dev/mapper/control");
+    if opened.is_ok() {
         return true;
     }
     if std::env::var_os("DMCTL_REQUIRE_DM").is_some() {
-        panic!("{test}: DMCTL_REQUIRE_DM is set but /dev/mapper/control is missing");
+        panic!(
+            "{test}: DMCTL_REQUIRE_DM is set but /dev/mapper/control cannot be opened: {opened:?}"
+        );
     }
     let _ = writeln!(std::io::stderr(), "skipped: needs device-mapper: {test}");
     false
@@ -61,6 +66,8 @@ pub fn step(msg: &str) {
 /// leaves no device behind for the next one.
 pub struct Dmctl {
     pub root: tempfile::TempDir,
+    /// A state root elsewhere (e.g. on a persistent disk), used instead.
+    fixed_root: Option<std::path::PathBuf>,
 }
 
 impl Default for Dmctl {
@@ -76,14 +83,26 @@ impl Dmctl {
                 .prefix("dmctl-test-")
                 .tempdir()
                 .unwrap(),
+            fixed_root: None,
         }
+    }
+
+    /// dmctl with its state in `root` (which outlives the test).
+    pub fn with_root(root: &Path) -> Dmctl {
+        let mut d = Dmctl::new();
+        d.fixed_root = Some(root.to_path_buf());
+        d
+    }
+
+    pub fn state_root(&self) -> &Path {
+        self.fixed_root.as_deref().unwrap_or(self.root.path())
     }
 
     /// Run `dmctl --root ROOT ARGS...`.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_dmctl"))
             .arg("--root")
-            .arg(self.root.path())
+            .arg(self.state_root())
             .args(args)
             .output()
             .expect("run dmctl")
@@ -146,14 +165,14 @@ impl Dmctl {
                 }
             }
         }
-        walk(self.root.path(), self.root.path(), &mut out);
+        walk(self.state_root(), self.state_root(), &mut out);
         out
     }
 }
 
 impl Drop for Dmctl {
     fn drop(&mut self) {
-        let pools = self.root.path().join("pools");
+        let pools = self.state_root().join("pools");
         if let Ok(rd) = std::fs::read_dir(&pools) {
             for e in rd.flatten() {
                 let pool = e.file_name().to_string_lossy().into_owned();

@@ -1,0 +1,153 @@
+//! `dmctl check POOL [--repair]`: compare dmctl's JSON metadata with the
+//! kernel's pool metadata (read with `thin_dump` from a metadata snapshot of
+//! the live pool) and report drift; with repair, fix what can be fixed
+//! without losing data that dmctl knows about.
+
+use super::{txn, Ctx};
+use crate::error::{Error, Result};
+use crate::kernel::loopdev;
+use crate::names;
+use crate::store::model::{Backing, PoolRecord};
+use crate::thinmeta::{parse_thin_dump, ThinDump};
+use crate::tools::Tool;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CheckReport {
+    pub pool: String,
+    pub kernel_transaction_id: u64,
+    pub recorded_transaction_id: u64,
+    /// The transaction a crashed command left open, if any.
+    pub open_transaction: Option<u64>,
+    /// Thin ids in the kernel that no volume records.
+    pub orphan_ids: Vec<u32>,
+    /// Volumes whose thin id the kernel does not have.
+    pub missing_ids: Vec<String>,
+    /// Thin ids recorded by more than one volume.
+    pub duplicate_ids: Vec<u32>,
+    /// Volume files that cannot be read.
+    pub corrupt_files: Vec<String>,
+    /// What --repair did.
+    pub repaired: Vec<String>,
+    pub clean: bool,
+}
+
+/// The device holding the pool's metadata.
+fn meta_device(pool: &PoolRecord) -> Result<PathBuf> {
+    match &pool.meta {
+        Backing::Device { path } => Ok(path.clone()),
+        Backing::File { path } => loopdev::find_by_backing_file(path)?
+            .map(|l| l.path)
+            .ok_or_else(|| {
+                Error::PoolState(format!(
+                    "pool '{}': metadata file has no loop device",
+                    pool.name
+                ))
+            }),
+    }
+}
+
+/// The kernel's view of a live pool: reserve a metadata snapshot, dump it,
+/// release it (on every path).
+pub fn read_kernel_metadata(ctx: &Ctx, pool: &PoolRecord) -> Result<ThinDump> {
+    let meta = meta_device(pool)?;
+    ctx.pool_message(pool, "reserve_metadata_snap")?;
+    let dumped = Tool::ThinDump.run([
+        std::ffi::OsStr::new("--metadata-snap"),
+        std::ffi::OsStr::new("--skip-mappings"),
+        meta.as_os_str(),
+    ]);
+    let released = ctx.pool_message(pool, "release_metadata_snap");
+    let out = dumped?;
+    released?;
+    parse_thin_dump(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn examine(ctx: &Ctx, pool: &PoolRecord) -> Result<CheckReport> {
+    let dump = read_kernel_metadata(ctx, pool)?;
+    let mut r = CheckReport {
+        pool: pool.name.clone(),
+        kernel_transaction_id: dump.transaction,
+        recorded_transaction_id: pool.transaction_id,
+        open_transaction: ctx.store.load_txn(&pool.name)?.map(|t| t.transaction_id),
+        ..Default::default()
+    };
+    let mut by_id: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for name in ctx.store.volume_names(&pool.name)? {
+        match ctx.store.volume(&pool.name, &name) {
+            Ok(v) => by_id.entry(v.device_id).or_default().push(v.name),
+            Err(e) => r.corrupt_files.push(e.to_string()),
+        }
+    }
+    let kernel_ids: Vec<u32> = dump.devices.iter().map(|d| d.dev_id).collect();
+    r.orphan_ids = kernel_ids
+        .iter()
+        .copied()
+        .filter(|id| !by_id.contains_key(id))
+        .collect();
+    for (id, vols) in &by_id {
+        if !kernel_ids.contains(id) {
+            r.missing_ids.extend(vols.iter().cloned());
+        }
+        if vols.len() > 1 {
+            r.duplicate_ids.push(*id);
+        }
+    }
+    r.clean = r.orphan_ids.is_empty()
+        && r.missing_ids.is_empty()
+        && r.duplicate_ids.is_empty()
+        && r.corrupt_files.is_empty()
+        && r.open_transaction.is_none()
+        && r.kernel_transaction_id == r.recorded_transaction_id;
+    Ok(r)
+}
+
+/// `dmctl check POOL [--repair]`.
+pub fn check(ctx: &Ctx, pool: &str, repair: bool) -> Result<CheckReport> {
+    if !repair {
+        let rec = ctx.ready_pool(pool)?;
+        ctx.active_pool_device(&rec)?;
+        return examine(ctx, &rec);
+    }
+    let _lock = ctx.store.lock_pool(pool)?;
+    let mut rec = ctx.ready_pool(pool)?;
+    ctx.active_pool_device(&rec)?;
+    let mut repaired = vec![];
+    repaired.extend(txn::recover(ctx, &mut rec)?);
+    let found = examine(ctx, &rec)?;
+    for id in &found.orphan_ids {
+        // A leftover dm device of that id (ours by its uuid) goes first.
+        let uuid = names::thin_dm_uuid(&rec.uuid, *id);
+        for dev in ctx.dm()?.list_owned()? {
+            if dev.uuid.as_deref() == Some(uuid.as_str()) {
+                ctx.dm()?.remove(&dev.name, false)?;
+            }
+        }
+        txn::delete_thin_id(ctx, &rec, *id)?;
+        rec.next_device_id = rec.next_device_id.max(txn::next_id(*id));
+        repaired.push(format!("deleted orphan thin id {id}"));
+    }
+    for name in &found.missing_ids {
+        // The kernel has no blocks for it: the record describes nothing.
+        if let Ok(v) = ctx.store.volume(&rec.name, name) {
+            txn::remove_thin_device(ctx, &rec, &v)?;
+        }
+        ctx.store.remove_volume(&rec.name, name)?;
+        repaired.push(format!(
+            "dropped the record of {name}, whose thin id the pool does not have"
+        ));
+    }
+    if found.kernel_transaction_id != rec.transaction_id {
+        repaired.push(format!(
+            "recorded transaction id {} -> {} (the kernel's)",
+            rec.transaction_id, found.kernel_transaction_id
+        ));
+        rec.transaction_id = found.kernel_transaction_id;
+    }
+    ctx.store.save_pool(&rec)?;
+    let mut after = examine(ctx, &rec)?;
+    after.repaired = repaired;
+    Ok(after)
+}
