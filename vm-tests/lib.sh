@@ -158,6 +158,8 @@ build_project_cpio() {
     for f in "$REPO_DIR"/target/release/examples/*; do
         [ -f "$f" ] && [ -x "$f" ] && case "$f" in *-*) ;; *) stage_binary "$stage" "$f" ;; esac
     done
+    mkdir -p "$stage/usr/bin"
+    ln -s "$REPO_DIR/target/release/dmctl" "$stage/usr/bin/dmctl"
     mkdir -p "$stage$REPO_DIR/vm-tests"
     cp -r "$REPO_DIR"/vm-tests/*.sh "$stage$REPO_DIR/vm-tests/"
     cp "$job" "$stage/job.sh"
