@@ -7,6 +7,7 @@
 pub mod doctor;
 pub mod error;
 pub mod fsutil;
+pub mod image;
 pub mod kernel;
 pub mod names;
 pub mod ops;
