@@ -81,6 +81,9 @@ enum Command {
         volume: VolumeRef,
         #[arg(long, value_parser = size)]
         size: Option<u64>,
+        /// Activate the snapshot too (one command: create_snap + device).
+        #[arg(long)]
+        activate: bool,
     },
     /// Activate a volume's device.
     Activate {
@@ -234,6 +237,9 @@ fn emit<T: Serialize>(cli: &Cli, value: &T, text: impl FnOnce(&T)) -> Result<i32
 }
 
 fn run(cli: &Cli) -> Result<i32> {
+    if cli.verbose {
+        dmctl::trace::enable();
+    }
     let ctx = Ctx::new(Store::new(root(cli)));
     match &cli.command {
         Command::Doctor => cmd_doctor(cli),
@@ -268,8 +274,9 @@ fn run(cli: &Cli) -> Result<i32> {
             origin,
             volume,
             size,
+            activate,
         } => {
-            let v = volume::snapshot(&ctx, origin, volume, *size)?;
+            let v = volume::snapshot(&ctx, origin, volume, *size, *activate)?;
             emit(cli, &v, |v| {
                 println!(
                     "created {volume} (thin id {}), a snapshot of {origin}",

@@ -50,6 +50,7 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 /// and fsync the directory. Readers see the old or the new content, never
 /// a mix, even across a crash.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    crate::trace::step(|| format!("write {}", path.display()));
     let tmp = tmp_path(path)?;
     // A temporary file left by a crashed process with our pid (pids are
     // reused) is stale: nobody else writes this name.

@@ -4,6 +4,7 @@
 //! operation, with its transaction) -> `kernel` (dm, loop, mount) and
 //! `store` (JSON metadata under the state root).
 
+pub mod crashpoint;
 pub mod doctor;
 pub mod error;
 pub mod fsutil;
@@ -14,6 +15,7 @@ pub mod ops;
 pub mod store;
 pub mod thinmeta;
 pub mod tools;
+pub mod trace;
 pub mod units;
 
 pub use error::{Error, Result};

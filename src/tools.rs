@@ -93,6 +93,7 @@ impl Tool {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        crate::trace::step(|| format!("run {}", self.program()));
         let exe = self.find().ok_or_else(|| Error::Tool {
             program: self.program().into(),
             msg: format!("not found (install {})", self.package()),

@@ -39,7 +39,7 @@ GUEST_PROGRAMS="/usr/sbin/mke2fs /usr/sbin/mkfs.ext4 /usr/sbin/e2fsck /usr/sbin/
 /usr/sbin/pdata_tools /usr/sbin/thin_check /usr/sbin/thin_dump /usr/sbin/thin_ls
 /usr/sbin/thin_repair /usr/sbin/thin_restore /usr/sbin/thin_delta /usr/sbin/thin_trim
 /usr/sbin/thin_metadata_size /usr/sbin/dmsetup /usr/sbin/lvm /usr/sbin/blkdiscard
-/usr/bin/sha256sum"
+/usr/bin/sha256sum /usr/bin/umoci"
 GUEST_FILES="/etc/mke2fs.conf"
 
 log() { printf 'vm-tests: %s\n' "$*" >&2; }

@@ -65,6 +65,7 @@ impl Dm {
 
     /// Info on a device by name; None if there is no such device.
     pub fn info(&self, name: &str) -> Result<Option<DevInfo>> {
+        crate::trace::step(|| format!("dm info {name}"));
         match self.dm.device_info(&DevId::Name(dm_name(name)?)) {
             Ok(i) => {
                 let flags = i.flags();
@@ -104,6 +105,7 @@ impl Dm {
         table: &[TableLine],
         read_only: bool,
     ) -> Result<DevInfo> {
+        crate::trace::step(|| format!("dm create {name}: {table:?}"));
         let dname = dm_name(name)?;
         let duuid = DmUuid::new(uuid)
             .map_err(|e| Error::Invalid(format!("invalid dm uuid '{uuid}': {e}")))?;
@@ -143,6 +145,7 @@ impl Dm {
     /// Remove a device. The crate retries EBUSY a few times; `deferred`
     /// asks the kernel to remove it when its last user closes it.
     pub fn remove(&self, name: &str, deferred: bool) -> Result<()> {
+        crate::trace::step(|| format!("dm remove {name}"));
         let flags = if deferred {
             DmFlags::DM_DEFERRED_REMOVE
         } else {
@@ -161,6 +164,7 @@ impl Dm {
     /// Suspend: I/O is queued, and (by default) the filesystem on it is
     /// frozen and flushed first.
     pub fn suspend(&self, name: &str) -> Result<()> {
+        crate::trace::step(|| format!("dm suspend {name}"));
         self.dm
             .device_suspend(
                 &DevId::Name(dm_name(name)?),
@@ -171,6 +175,7 @@ impl Dm {
     }
 
     pub fn resume(&self, name: &str) -> Result<()> {
+        crate::trace::step(|| format!("dm resume {name}"));
         self.dm
             .device_suspend(&DevId::Name(dm_name(name)?), DmOptions::default())
             .map(|_| ())
@@ -180,6 +185,7 @@ impl Dm {
     /// Send a message to sector 0 of a device (for a pool: create_thin,
     /// create_snap, delete, set_transaction_id, reserve_metadata_snap...).
     pub fn message(&self, name: &str, msg: &str) -> std::result::Result<Option<String>, DmError> {
+        crate::trace::step(|| format!("dm message {name}: {msg}"));
         let dname = DmName::new(name)?;
         self.dm
             .target_msg(&DevId::Name(dname), None, msg)
@@ -194,6 +200,7 @@ impl Dm {
 
     /// Status lines of the live table.
     pub fn status(&self, name: &str) -> Result<Vec<TableLine>> {
+        crate::trace::step(|| format!("dm status {name}"));
         self.dm
             .table_status(&DevId::Name(dm_name(name)?), DmOptions::default())
             .map(|(_, s)| s)

@@ -174,6 +174,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<PoolRecord> {
     // Intent first: a crash from here on leaves a Creating record that the
     // next command on this pool rolls back.
     ctx.store.save_pool(&rec)?;
+    crate::crashpoint::hit("pool-create:after-record");
     let made = (|| {
         if let Backing::File { path } = &rec.meta {
             make_sparse(path, meta_size)?;
@@ -182,7 +183,9 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<PoolRecord> {
             make_sparse(path, data_size)?;
         }
         blockdev::zero_start(rec.meta.path(), META_HEADER)?;
+        crate::crashpoint::hit("pool-create:after-files");
         load_pool_table(ctx, &rec)?;
+        crate::crashpoint::hit("pool-create:after-table");
         rec.state = PoolState::Ready;
         ctx.store.save_pool(&rec)
     })();
@@ -481,6 +484,7 @@ pub fn extend(
     rec.data_size = new_data;
     rec.meta_size = new_meta;
     ctx.store.save_pool(&rec)?;
+    crate::crashpoint::hit("pool-extend:after-record");
     let (meta, data) = backing_devices(&rec)?;
     if ctx.pool_device(&rec)?.is_some() {
         let table = pool_table(&rec, &meta, &data)?;
@@ -543,7 +547,7 @@ pub fn status(ctx: &Ctx, pool: &str) -> Result<PoolReport> {
             Backing::File { .. } => "file",
             Backing::Device { .. } => "device",
         },
-        volumes: ctx.store.list_volumes(pool)?.len(),
+        volumes: ctx.store.volume_names(pool)?.len(),
         open_transaction: ctx.store.load_txn(pool)?.map(|t| t.transaction_id),
     };
     if rec.state == PoolState::Ready && ctx.pool_device(&rec)?.is_some() {

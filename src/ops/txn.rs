@@ -40,6 +40,7 @@ pub fn commit(ctx: &Ctx, pool: &mut PoolRecord, txn: &Transaction) -> Result<()>
         pool,
         &format!("set_transaction_id {old} {}", txn.transaction_id),
     )?;
+    crate::crashpoint::hit("txn:after-set-transaction-id");
     finish(ctx, pool, txn)
 }
 
@@ -61,6 +62,7 @@ fn finish(ctx: &Ctx, pool: &mut PoolRecord, txn: &Transaction) -> Result<()> {
     }
     pool.transaction_id = txn.transaction_id;
     ctx.store.save_pool(pool)?;
+    crate::crashpoint::hit("txn:after-pool-save");
     ctx.store.clear_txn(&pool.name)
 }
 
@@ -106,6 +108,9 @@ pub fn recover(ctx: &Ctx, pool: &mut PoolRecord) -> Result<Option<String>> {
         TxnOp::Create { volume } => format!("create of {}", volume.name),
         TxnOp::Delete { volume } => format!("removal of {}", volume.name),
     };
+    if let TxnOp::Create { volume } = &txn.op {
+        resume_origin(ctx, pool, volume)?;
+    }
     if kernel == new {
         finish(ctx, pool, &txn)?;
         return Ok(Some(format!(
@@ -122,6 +127,7 @@ pub fn recover(ctx: &Ctx, pool: &mut PoolRecord) -> Result<Option<String>> {
     }
     match &txn.op {
         TxnOp::Create { volume } => {
+            resume_origin(ctx, pool, volume)?;
             // Not committed: undo every step the create may have taken.
             if let Some(mp) = mounted_at(ctx, pool, volume)? {
                 crate::kernel::mount::umount(&mp)?;
@@ -151,6 +157,21 @@ pub fn recover(ctx: &Ctx, pool: &mut PoolRecord) -> Result<Option<String>> {
             )))
         }
     }
+}
+
+/// A snapshot's origin is suspended around `create_snap`; a command killed
+/// in between leaves it suspended, its I/O queued. Resume it.
+fn resume_origin(ctx: &Ctx, pool: &PoolRecord, snap: &VolumeRecord) -> Result<()> {
+    let Some(origin) = &snap.parent else {
+        return Ok(());
+    };
+    let name = names::thin_dm_name(&pool.name, origin);
+    if let Some(info) = ctx.dm()?.owned(&name)? {
+        if info.suspended {
+            ctx.dm()?.resume(&name)?;
+        }
+    }
+    Ok(())
 }
 
 /// Where an active volume is mounted, if it is.

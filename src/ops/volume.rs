@@ -127,6 +127,7 @@ fn create_in_pool(
             // kernel does not enforce it; skipping it corrupts snapshots).
             Some(origin) => {
                 dm.suspend(origin)?;
+                crate::crashpoint::hit("snapshot:origin-suspended");
                 let r = dm.message(&names::pool_dm_name(&pool.name), &msg);
                 dm.resume(origin)?;
                 r
@@ -134,7 +135,14 @@ fn create_in_pool(
             None => dm.message(&names::pool_dm_name(&pool.name), &msg),
         };
         match sent {
-            Ok(_) => return Ok(volume.clone()),
+            Ok(_) => {
+                crate::crashpoint::hit(if volume.parent_device_id.is_some() {
+                    "snapshot:after-message"
+                } else {
+                    "create:after-message"
+                });
+                return Ok(volume.clone());
+            }
             Err(e) if errno_of(&e) == Some(Errno::EEXIST) => {
                 let mut v = volume.clone();
                 v.device_id = txn::next_id(v.device_id);
@@ -161,7 +169,13 @@ fn in_create_txn<F>(
 where
     F: FnOnce(&mut PoolRecord, &mut Transaction) -> Result<VolumeRecord>,
 {
+    let point = if volume.parent_device_id.is_some() {
+        "snapshot:after-begin"
+    } else {
+        "create:after-begin"
+    };
     let mut t = txn::begin(ctx, pool, TxnOp::Create { volume })?;
+    crate::crashpoint::hit(point);
     let id_floor = pool.next_device_id;
     match body(pool, &mut t) {
         Ok(v) => Ok(v),
@@ -208,8 +222,10 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
         let mut v = create_in_pool(ctx, pool, t, None)?;
         ctx.store.save_volume(&pool.name, &v)?;
         let info = activate_device(ctx, pool, &v, false)?;
+        crate::crashpoint::hit("create:after-activate");
         if let Some(fs) = v.fs {
             mkfs(fs, &devnode(&info), &req.mkfs_args)?;
+            crate::crashpoint::hit("create:after-mkfs");
         }
         v.initialized = true;
         ctx.store.save_volume(&pool.name, &v)?;
@@ -243,14 +259,17 @@ fn mkfs(fs: Filesystem, dev: &Path, extra: &[String]) -> Result<()> {
     tool.run(&args).map(|_| ())
 }
 
-/// `dmctl snapshot POOL/ORIGIN POOL/NAME [--size SIZE]`: a snapshot of an
-/// active or inactive, mounted or unmounted origin. The snapshot is left
-/// inactive (as LVM does); `activate` or `mount` brings it up.
+/// `dmctl snapshot POOL/ORIGIN POOL/NAME [--size SIZE] [--activate]`: a
+/// snapshot of an active or inactive, mounted or unmounted origin. The
+/// snapshot is left inactive (as LVM does) unless `activate`; activation is
+/// then part of the transaction, so a failure to activate undoes the
+/// snapshot too.
 pub fn snapshot(
     ctx: &Ctx,
     origin: &VolumeRef,
     new: &VolumeRef,
     size: Option<u64>,
+    activate: bool,
 ) -> Result<VolumeRecord> {
     if origin.pool != new.pool {
         return Err(Error::Invalid(format!(
@@ -287,7 +306,11 @@ pub fn snapshot(
     in_create_txn(ctx, &mut pool, vol, |pool, t| {
         let mut v = create_in_pool(ctx, pool, t, origin_dm.as_deref())?;
         v.initialized = true;
+        v.active = activate;
         ctx.store.save_volume(&pool.name, &v)?;
+        if activate {
+            activate_device(ctx, pool, &v, false)?;
+        }
         t.op = TxnOp::Create { volume: v.clone() };
         txn::commit(ctx, pool, t)?;
         Ok(v)
@@ -520,7 +543,9 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
         }
         return Err(e);
     }
+    crate::crashpoint::hit("rm:after-device-removed");
     txn::delete_thin_id(ctx, &pool, vol.device_id)?;
+    crate::crashpoint::hit("rm:after-delete");
     txn::commit(ctx, &mut pool, &t)
 }
 
@@ -543,6 +568,7 @@ pub fn resize(ctx: &Ctx, v: &VolumeRef, size: u64) -> Result<VolumeRecord> {
     // a filesystem bigger than its device is not.
     vol.size = size;
     ctx.store.save_volume(&pool.name, &vol)?;
+    crate::crashpoint::hit("resize:after-record");
     let was_active = ctx.thin_device(&pool, &vol)?.is_some();
     let info = activate_device(ctx, &pool, &vol, false)?;
     let pool_dev = ctx.active_pool_device(&pool)?;
