@@ -134,6 +134,17 @@ enum Command {
         #[arg(long)]
         tree: bool,
     },
+    /// Layered images: OCI import, provision, commit, export.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Write a volume's changes against its parent as an OCI layer tar.
+    Diff {
+        #[arg(value_parser = volref, value_name = "POOL/NAME")]
+        volume: VolumeRef,
+        /// Output file (default: stdout, unless it is a terminal).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Compare dmctl's metadata with the kernel's; --repair fixes drift.
     Check {
         pool: String,
@@ -144,6 +155,57 @@ enum Command {
     Info {
         #[arg(value_parser = volref, value_name = "POOL/NAME")]
         volume: VolumeRef,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ImageFs {
+    Ext4,
+    Xfs,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Import an OCI image layout (dir or tar) or a docker-save archive.
+    Import {
+        pool: String,
+        source: PathBuf,
+        /// Which image of the source, and the name it gets here.
+        #[arg(long, value_name = "REF")]
+        name: Option<String>,
+        /// Size of the layer volumes (default 10G; thin, so sparse).
+        #[arg(long, value_parser = size)]
+        size: Option<u64>,
+        #[arg(long, value_enum, default_value = "ext4")]
+        fs: ImageFs,
+    },
+    /// List the pool's images.
+    Ls { pool: String },
+    /// Layers, chain ids, sizes and shared bytes of an image.
+    Inspect { pool: String, reference: String },
+    /// Remove an image (layers still used elsewhere are kept).
+    Rm { pool: String, reference: String },
+    /// A writable, active snapshot of the image's top layer (a CI rootfs).
+    Provision {
+        pool: String,
+        reference: String,
+        name: String,
+        #[arg(long, value_parser = size)]
+        size: Option<u64>,
+        #[arg(long, value_name = "DIR")]
+        mount: Option<PathBuf>,
+    },
+    /// Turn a provisioned volume into a new image (its diff is a new layer).
+    Commit {
+        #[arg(value_parser = volref, value_name = "POOL/NAME")]
+        volume: VolumeRef,
+        reference: String,
+    },
+    /// Write an image as an OCI image layout.
+    Export {
+        pool: String,
+        reference: String,
+        dir: PathBuf,
     },
 }
 
@@ -344,6 +406,38 @@ fn run(cli: &Cli) -> Result<i32> {
                 }
             })
         }
+        Command::Image(i) => run_image(cli, &ctx, i),
+        Command::Diff { volume, output } => {
+            use std::io::IsTerminal;
+            let stats = match output {
+                Some(path) => {
+                    let mut f = std::fs::File::create(path)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    let st = ops::image::diff(&ctx, volume, &mut f)?;
+                    f.sync_all()?;
+                    st
+                }
+                None if std::io::stdout().is_terminal() => {
+                    anyhow::bail!("refusing to write a tar to a terminal; use -o FILE")
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    ops::image::diff(&ctx, volume, &mut out)?
+                }
+            };
+            if cli.json && output.is_some() {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                eprintln!(
+                    "{volume}: {} added, {} modified, {} deleted, {}",
+                    stats.added,
+                    stats.modified,
+                    stats.deleted,
+                    format_size(stats.bytes)
+                );
+            }
+            Ok(0)
+        }
         Command::Check { pool, repair } => {
             let r = ops::check::check(&ctx, pool, *repair)?;
             emit(cli, &r, |r| {
@@ -381,6 +475,142 @@ fn run(cli: &Cli) -> Result<i32> {
                     }
                 }
             })
+        }
+    }
+}
+
+fn run_image(cli: &Cli, ctx: &Ctx, cmd: &ImageCommand) -> Result<i32> {
+    use dmctl::ops::image;
+    let import_text = |r: &image::ImportReport| {
+        if r.already_present {
+            println!(
+                "image {} is already imported ({} layers); nothing to do",
+                r.reference, r.layers
+            );
+        } else {
+            println!(
+                "imported {}: {} layers, {} new, {} shared, {} applied; top layer volume {}",
+                r.reference,
+                r.layers,
+                r.layers_created,
+                r.layers_shared,
+                format_size(r.bytes_applied),
+                r.top_volume
+            );
+        }
+    };
+    match cmd {
+        ImageCommand::Import {
+            pool,
+            source,
+            name,
+            size,
+            fs,
+        } => {
+            let req = image::ImportRequest {
+                pool,
+                source,
+                name: name.as_deref(),
+                size: *size,
+                fs: match fs {
+                    ImageFs::Ext4 => Filesystem::Ext4,
+                    ImageFs::Xfs => Filesystem::Xfs,
+                },
+                quiet: cli.json,
+            };
+            let r = image::import(ctx, &req)?;
+            emit(cli, &r, import_text)
+        }
+        ImageCommand::Ls { pool } => {
+            let imgs = image::list_images(ctx, pool)?;
+            emit(cli, &imgs, |imgs| {
+                println!("{:<40} {:>6} {:<12} TOP LAYER", "IMAGE", "LAYERS", "CONFIG");
+                for i in imgs {
+                    println!(
+                        "{:<40} {:>6} {:<12} {}",
+                        i.reference,
+                        i.layers.len(),
+                        &i.config_digest.hex()[..12],
+                        i.top().map(image::layer_volume_name).unwrap_or_default()
+                    );
+                }
+            })
+        }
+        ImageCommand::Inspect { pool, reference } => {
+            let r = image::inspect(ctx, pool, reference)?;
+            emit(cli, &r, |r| {
+                println!(
+                    "image {} (config {}), {} shared",
+                    r.reference,
+                    r.config_digest,
+                    format_size(r.shared_bytes)
+                );
+                for (i, l) in r.layers.iter().enumerate() {
+                    println!(
+                        "  {i}: {} {} {:>8} chain {}{}",
+                        l.volume,
+                        l.diff_id,
+                        format_size(l.size),
+                        l.chain_id,
+                        if l.shared_with.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (shared with {})", l.shared_with.join(", "))
+                        }
+                    );
+                }
+            })
+        }
+        ImageCommand::Rm { pool, reference } => {
+            let r = image::remove(ctx, pool, reference)?;
+            emit(cli, &r, |r| {
+                println!(
+                    "removed image {}: {} layer(s) removed, {} kept (still used)",
+                    r.reference,
+                    r.layers_removed.len(),
+                    r.layers_kept.len()
+                )
+            })
+        }
+        ImageCommand::Provision {
+            pool,
+            reference,
+            name,
+            size,
+            mount,
+        } => {
+            let r = image::provision(ctx, pool, reference, name, *size, mount.as_deref())?;
+            emit(cli, &r, |r| match &r.mountpoint {
+                Some(m) => println!("{}", m.display()),
+                None => println!(
+                    "{}",
+                    r.devnode
+                        .as_ref()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default()
+                ),
+            })
+        }
+        ImageCommand::Commit { volume, reference } => {
+            let r = image::commit(ctx, volume, reference)?;
+            emit(cli, &r, import_text)
+        }
+        ImageCommand::Export {
+            pool,
+            reference,
+            dir,
+        } => {
+            let digest = image::export(ctx, pool, reference, dir)?;
+            emit(
+                cli,
+                &serde_json::json!({ "reference": reference, "manifest": digest.to_string(), "dir": dir }),
+                |_| {
+                    println!(
+                        "exported {reference} to {} (manifest {digest})",
+                        dir.display()
+                    )
+                },
+            )
         }
     }
 }

@@ -6,6 +6,8 @@
 //! anything else.
 
 pub mod check;
+pub mod image;
+
 pub mod pool;
 pub mod txn;
 pub mod volume;

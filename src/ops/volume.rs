@@ -561,14 +561,15 @@ pub fn resize(ctx: &Ctx, v: &VolumeRef, size: u64) -> Result<VolumeRecord> {
             format_size(size)
         )));
     }
-    if size == vol.size {
-        return Ok(vol);
-    }
     // Record first: a bigger device under an old filesystem is harmless,
-    // a filesystem bigger than its device is not.
-    vol.size = size;
-    ctx.store.save_volume(&pool.name, &vol)?;
-    crate::crashpoint::hit("resize:after-record");
+    // a filesystem bigger than its device is not. The recorded size asked
+    // again is not a no-op: it finishes a resize interrupted after its
+    // record (the device or filesystem may still be smaller).
+    if size > vol.size {
+        vol.size = size;
+        ctx.store.save_volume(&pool.name, &vol)?;
+        crate::crashpoint::hit("resize:after-record");
+    }
     let was_active = ctx.thin_device(&pool, &vol)?.is_some();
     let info = activate_device(ctx, &pool, &vol, false)?;
     let pool_dev = ctx.active_pool_device(&pool)?;

@@ -245,3 +245,120 @@ pub fn loop_of(file: &str) -> String {
     }
     panic!("no loop device for {}", file.display());
 }
+
+/// The invariants every reliability test checks after a command (or a crash
+/// and the command that repairs it), for pool `pool`:
+/// - `dmctl check POOL` exits 0: JSON and kernel thin ids agree, transaction
+///   ids agree, no transaction is open;
+/// - `thin_check` of the live metadata is clean;
+/// - every dm device named `dmctl+POOL+...` is the device of a volume that
+///   `dmctl --json ls POOL` reports active, and none is suspended; the pool's
+///   own device is not suspended;
+/// - every loop device backed by a file under the state root is the
+///   `data.img` or `meta.img` of an existing pool;
+/// - no `txn.json` is left in the pool's directory;
+/// - every volume JSON parses.
+pub fn check_invariants(d: &Dmctl, pool: &str) {
+    let out = d.run(&["check", pool]);
+    assert!(
+        out.status.success(),
+        "invariants of {pool}: `dmctl check {pool}` failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    thin_check_live(d, pool);
+
+    // dm devices of the pool and its volumes.
+    let pool_dm = d.json(&["pool", "status", pool])["dm_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vols = d.json(&["ls", pool]);
+    let active: std::collections::BTreeSet<String> = vols
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["active"] == true)
+        .map(|v| v["dm_name"].as_str().unwrap().to_string())
+        .collect();
+    let prefix = format!("{pool_dm}+");
+    let listed = run("dmsetup", &["--noudevsync", "ls"]);
+    let names: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        names.contains(&pool_dm.as_str()),
+        "invariants of {pool}: pool device {pool_dm} is missing: {listed}"
+    );
+    let suspended = |name: &str| {
+        run("dmsetup", &["--noudevsync", "info", name])
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("SUSPENDED"))
+    };
+    assert!(
+        !suspended(&pool_dm),
+        "invariants of {pool}: pool device {pool_dm} is suspended"
+    );
+    for name in names.iter().filter(|n| n.starts_with(&prefix)) {
+        assert!(
+            active.contains(*name),
+            "invariants of {pool}: dm device {name} is no active volume's \
+             (active: {active:?})"
+        );
+        assert!(
+            !suspended(name),
+            "invariants of {pool}: dm device {name} is suspended"
+        );
+    }
+
+    // Loop devices backed by files under the state root.
+    let root = std::fs::canonicalize(d.state_root()).unwrap();
+    let pools_dir = root.join("pools");
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let Ok(s) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let file = Path::new(s.trim());
+        if !file.starts_with(&root) {
+            continue;
+        }
+        let dev = e.file_name().to_string_lossy().into_owned();
+        let in_pool = file
+            .parent()
+            .filter(|p| p.parent() == Some(pools_dir.as_path()));
+        let ok = in_pool.is_some_and(|dir| dir.join("pool.json").is_file())
+            && file
+                .file_name()
+                .is_some_and(|n| n == "data.img" || n == "meta.img");
+        assert!(
+            ok,
+            "invariants of {pool}: loop device {dev} is backed by {}, \
+             which is no existing pool's data.img or meta.img",
+            file.display()
+        );
+    }
+
+    // The pool directory: no open transaction, every volume JSON parses.
+    let dir = pools_dir.join(pool);
+    assert!(
+        !dir.join("txn.json").exists(),
+        "invariants of {pool}: txn.json is left: {}",
+        std::fs::read_to_string(dir.join("txn.json")).unwrap_or_default()
+    );
+    if let Ok(rd) = std::fs::read_dir(dir.join("devices")) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                if let Err(err) = serde_json::from_str::<serde_json::Value>(&text) {
+                    panic!(
+                        "invariants of {pool}: {} does not parse: {err}: {text}",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+}

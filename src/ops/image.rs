@@ -1,0 +1,820 @@
+//! Image operations: OCI import into snapshot chains, ls, inspect, rm,
+//! provision, diff, commit, export.
+//!
+//! Each layer is one thin volume named `layer-<first 32 hex of its ChainID>`:
+//! the first layer a `create` (+ mkfs), each next one a `snapshot` of its
+//! parent layer, the layer applied into it, then left read-only and inactive.
+//! Images sharing layers share those volumes. A layer counts as present
+//! only once its record `layers/<chain hex>.json` is written, after the
+//! apply and the digest checks; a layer volume without one is the remains
+//! of an interrupted import and is removed and redone.
+//!
+//! The uncompressed layer tars are kept in `blobs/` (a content store, as
+//! containerd has), so `export` writes the same diff ids, hence the same
+//! ChainIDs, and `commit` records the tar it applied.
+//!
+//! ```text
+//! ROOT/pools/POOL/images/<sha256(ref)[..32]>.json  ImageRecord
+//! ROOT/pools/POOL/layers/<chain hex>.json         LayerRecord
+//! ROOT/pools/POOL/blobs/<hex>                     layer tars and configs
+//! ROOT/locks/images/POOL.lock                     held by image commands
+//! ```
+
+use super::{volume, Ctx};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, LockFile};
+use crate::image::oci::{self, chain_id, Digest};
+use crate::image::{diff, layer};
+use crate::kernel::mount;
+use crate::names::{validate_name, VolumeRef};
+use crate::store::model::{now, Filesystem, VolumeRecord};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_IMAGE_SIZE: u64 = 10 << 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub chain_id: Digest,
+    pub diff_id: Digest,
+    pub parent: Option<Digest>,
+    pub volume: String,
+    /// Uncompressed bytes of the layer tar.
+    pub size: u64,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub reference: String,
+    pub config_digest: Digest,
+    /// Layers bottom to top.
+    pub layers: Vec<Digest>,
+    pub size: u64,
+    pub fs: Filesystem,
+    pub created: u64,
+}
+
+impl ImageRecord {
+    pub fn top(&self) -> Option<&Digest> {
+        self.layers.last()
+    }
+}
+
+fn pool_path(ctx: &Ctx, pool: &str, sub: &str) -> Result<PathBuf> {
+    Ok(ctx.store.pool_dir(pool)?.join(sub))
+}
+
+fn image_file(ctx: &Ctx, pool: &str, reference: &str) -> Result<PathBuf> {
+    let key = hex::encode(Sha256::digest(reference.as_bytes()));
+    Ok(pool_path(ctx, pool, "images")?.join(format!("{}.json", &key[..32])))
+}
+
+fn layer_file(ctx: &Ctx, pool: &str, chain: &Digest) -> Result<PathBuf> {
+    Ok(pool_path(ctx, pool, "layers")?.join(format!("{}.json", chain.hex())))
+}
+
+fn blob_file(ctx: &Ctx, pool: &str, digest: &Digest) -> Result<PathBuf> {
+    Ok(pool_path(ctx, pool, "blobs")?.join(digest.hex()))
+}
+
+/// The volume that holds a layer.
+pub fn layer_volume_name(chain: &Digest) -> String {
+    format!("layer-{}", &chain.hex()[..32])
+}
+
+fn lock_images(ctx: &Ctx, pool: &str) -> Result<LockFile> {
+    validate_name("pool", pool)?;
+    let dir = ctx.store.root().join("locks").join("images");
+    fsutil::create_private_dir(&dir)?;
+    fsutil::lock_exclusive(&dir.join(format!("{pool}.lock")))
+}
+
+fn init_dirs(ctx: &Ctx, pool: &str) -> Result<()> {
+    ctx.store.load_pool(pool)?;
+    for sub in ["images", "layers", "blobs", "mnt"] {
+        fsutil::create_private_dir(&pool_path(ctx, pool, sub)?)?;
+    }
+    Ok(())
+}
+
+pub fn load_layer(ctx: &Ctx, pool: &str, chain: &Digest) -> Result<Option<LayerRecord>> {
+    fsutil::read_json_opt(&layer_file(ctx, pool, chain)?)
+}
+
+pub fn load_image(ctx: &Ctx, pool: &str, reference: &str) -> Result<ImageRecord> {
+    fsutil::read_json_opt(&image_file(ctx, pool, reference)?)?
+        .ok_or_else(|| Error::NotFound(format!("image '{reference}' not found in pool '{pool}'")))
+}
+
+pub fn list_images(ctx: &Ctx, pool: &str) -> Result<Vec<ImageRecord>> {
+    let dir = pool_path(ctx, pool, "images")?;
+    let mut out: Vec<ImageRecord> = vec![];
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for e in rd {
+        let p = e.at(&dir)?.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            out.push(fsutil::read_json(&p)?);
+        }
+    }
+    out.sort_by(|a, b| a.reference.cmp(&b.reference));
+    Ok(out)
+}
+
+/// A private mount point under the pool's directory, removed on drop
+/// (after unmounting, if still mounted).
+struct TempMount {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl TempMount {
+    fn new(ctx: &Ctx, pool: &str, tag: &str) -> Result<TempMount> {
+        let dir = pool_path(ctx, pool, "mnt")?.join(format!("{}-{tag}", std::process::id()));
+        fsutil::create_private_dir(&dir)?;
+        Ok(TempMount {
+            dir,
+            mounted: false,
+        })
+    }
+
+    fn mount(&mut self, ctx: &Ctx, v: &VolumeRef, read_only: bool) -> Result<()> {
+        volume::mount(ctx, v, &self.dir, read_only, "")?;
+        self.mounted = true;
+        Ok(())
+    }
+
+    fn umount(&mut self, ctx: &Ctx, v: &VolumeRef) -> Result<()> {
+        if self.mounted {
+            nix::unistd::syncfs(std::fs::File::open(&self.dir).at(&self.dir)?)
+                .map_err(|e| Error::io(&self.dir, e.into()))?;
+            volume::umount(ctx, v)?;
+            self.mounted = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempMount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = mount::umount(&self.dir);
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Progress on stderr when it is a terminal: bytes and layers.
+struct Progress {
+    enabled: bool,
+    layers: usize,
+}
+
+impl Progress {
+    fn new(layers: usize, quiet: bool) -> Progress {
+        Progress {
+            enabled: !quiet && std::io::stderr().is_terminal(),
+            layers,
+        }
+    }
+
+    fn show(&self, layer: usize, bytes: u64) {
+        if self.enabled {
+            let mut e = std::io::stderr();
+            let _ = write!(
+                e,
+                "\rlayer {}/{}: {:>10} ",
+                layer + 1,
+                self.layers,
+                crate::units::format_size(bytes)
+            );
+            let _ = e.flush();
+        }
+    }
+
+    fn done(&self) {
+        if self.enabled {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+/// A reader that copies what it reads into a file and reports progress.
+struct Tee<'a, R> {
+    inner: R,
+    copy: std::fs::File,
+    bytes: u64,
+    progress: &'a Progress,
+    layer: usize,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        self.bytes += n as u64;
+        if n > 0 && self.bytes % (8 << 20) < n as u64 {
+            self.progress.show(self.layer, self.bytes);
+        }
+        Ok(n)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportReport {
+    pub reference: String,
+    pub layers: usize,
+    pub layers_created: usize,
+    pub layers_shared: usize,
+    pub bytes_applied: u64,
+    pub already_present: bool,
+    pub top_volume: String,
+}
+
+pub struct ImportRequest<'a> {
+    pub pool: &'a str,
+    pub source: &'a Path,
+    pub name: Option<&'a str>,
+    pub size: Option<u64>,
+    pub fs: Filesystem,
+    pub quiet: bool,
+}
+
+/// Remove a layer volume left by an interrupted import (no layer record).
+fn remove_stale_layer(ctx: &Ctx, pool: &str, vol: &str) -> Result<()> {
+    let v = VolumeRef::new(pool, vol)?;
+    if ctx.store.load_volume(pool, vol)?.is_some() {
+        volume::remove(ctx, &v, true)?;
+    }
+    Ok(())
+}
+
+/// Fills a mounted layer volume (first argument) and writes the layer tar to
+/// the blob path (second); returns the layer's diff id and size.
+type ApplyFn<'a> = dyn FnMut(&Path, &Path) -> Result<(Digest, u64)> + 'a;
+
+/// Make one layer: its volume (create or snapshot of the parent layer),
+/// the tar applied into it, the blob kept, then read-only and inactive.
+/// Returns the record; it is written by the caller only after the digests
+/// are verified.
+fn make_layer(
+    ctx: &Ctx,
+    pool: &str,
+    fs: Filesystem,
+    parent: Option<&LayerRecord>,
+    chain: &Digest,
+    size: u64,
+    apply: &mut ApplyFn,
+) -> Result<LayerRecord> {
+    let name = layer_volume_name(chain);
+    let v = VolumeRef::new(pool, &name)?;
+    remove_stale_layer(ctx, pool, &name)?;
+    match parent {
+        None => {
+            volume::create(
+                ctx,
+                &volume::CreateRequest {
+                    volume: v.clone(),
+                    size,
+                    fs: Some(fs),
+                    mkfs_args: vec![],
+                },
+            )?;
+        }
+        Some(p) => {
+            let pv = VolumeRef::new(pool, &p.volume)?;
+            volume::snapshot(
+                ctx,
+                &pv,
+                &v,
+                Some(size.max(ctx.store.volume(pool, &p.volume)?.size)),
+                false,
+            )?;
+        }
+    }
+    let blob_tmp = pool_path(ctx, pool, "blobs")?.join(format!(".{name}.tmp"));
+    let made = (|| {
+        let mut m = TempMount::new(ctx, pool, &name)?;
+        m.mount(ctx, &v, false)?;
+        let (diff_id, bytes) = apply(&m.dir, &blob_tmp)?;
+        m.umount(ctx, &v)?;
+        let blob = blob_file(ctx, pool, &diff_id)?;
+        std::fs::rename(&blob_tmp, &blob).at(&blob)?;
+        fsutil::fsync_dir(blob.parent().unwrap_or(Path::new("/")))?;
+        seal_layer(ctx, pool, &name)?;
+        Ok(LayerRecord {
+            chain_id: chain.clone(),
+            diff_id,
+            parent: parent.map(|p| p.chain_id.clone()),
+            volume: name.clone(),
+            size: bytes,
+            created: now(),
+        })
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&blob_tmp);
+        let _ = remove_stale_layer(ctx, pool, &name);
+    }
+    made
+}
+
+/// Leave a layer volume read-only and inactive.
+fn seal_layer(ctx: &Ctx, pool: &str, name: &str) -> Result<()> {
+    let v = VolumeRef::new(pool, name)?;
+    volume::deactivate(ctx, &v)?;
+    let mut rec: VolumeRecord = ctx.store.volume(pool, name)?;
+    rec.read_only = true;
+    rec.active = false;
+    rec.mountpoint = None;
+    ctx.store.save_volume(pool, &rec)
+}
+
+/// `dmctl image import POOL SOURCE [--name REF] [--size SIZE] [--fs ext4|xfs]`.
+pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
+    init_dirs(ctx, req.pool)?;
+    let _lock = lock_images(ctx, req.pool)?;
+    let work = pool_path(ctx, req.pool, "mnt")?;
+    let img = oci::open(req.source, req.name, &work)?;
+    let reference = img
+        .reference
+        .clone()
+        .or_else(|| req.name.map(String::from))
+        .ok_or_else(|| Error::Invalid("the image has no name: give --name REF".into()))?;
+    let size = req.size.unwrap_or(DEFAULT_IMAGE_SIZE);
+    let chains: Vec<Digest> = img.layers.iter().map(|l| l.chain_id.clone()).collect();
+    if chains.is_empty() {
+        return Err(Error::Invalid(format!("image '{reference}' has no layers")));
+    }
+    if let Ok(existing) = load_image(ctx, req.pool, &reference) {
+        if existing.layers == chains && existing.config_digest == img.config_digest {
+            return Ok(ImportReport {
+                reference,
+                layers: chains.len(),
+                layers_created: 0,
+                layers_shared: chains.len(),
+                bytes_applied: 0,
+                already_present: true,
+                top_volume: layer_volume_name(&chains[chains.len() - 1]),
+            });
+        }
+    }
+    let progress = Progress::new(chains.len(), req.quiet);
+    let mut created: Vec<LayerRecord> = vec![];
+    let mut report = ImportReport {
+        reference: reference.clone(),
+        layers: chains.len(),
+        layers_created: 0,
+        layers_shared: 0,
+        bytes_applied: 0,
+        already_present: false,
+        top_volume: layer_volume_name(&chains[chains.len() - 1]),
+    };
+    let result = (|| -> Result<()> {
+        let mut parent: Option<LayerRecord> = None;
+        for (i, l) in img.layers.iter().enumerate() {
+            if let Some(rec) = load_layer(ctx, req.pool, &l.chain_id)? {
+                if ctx.store.load_volume(req.pool, &rec.volume)?.is_some() {
+                    report.layers_shared += 1;
+                    parent = Some(rec);
+                    continue;
+                }
+            }
+            let mut apply = |root: &Path, blob_tmp: &Path| -> Result<(Digest, u64)> {
+                let reader = img.open_layer(i)?;
+                let copy = std::fs::File::create(blob_tmp).at(blob_tmp)?;
+                let mut tee = Tee {
+                    inner: reader,
+                    copy,
+                    bytes: 0,
+                    progress: &progress,
+                    layer: i,
+                };
+                let applied = layer::apply_layer(root, &mut tee);
+                // The tar reader stops at the end-of-archive marker; the
+                // rest of the stream still belongs to the blob and the digest.
+                let drained = std::io::copy(&mut tee, &mut std::io::sink());
+                let Tee { inner, copy, .. } = tee;
+                // Check both digests. A corrupt blob usually also breaks
+                // the tar, and the digest is then the error worth reporting.
+                let verified = inner.finish();
+                let bytes = match (applied, drained, verified) {
+                    (_, _, Err(e)) => return Err(e),
+                    (Err(e), _, _) => return Err(e),
+                    (_, Err(e), _) => return Err(Error::io(blob_tmp, e)),
+                    (Ok(_), Ok(_), Ok(bytes)) => bytes,
+                };
+                copy.sync_all().at(blob_tmp)?;
+                progress.show(i, bytes);
+                Ok((l.diff_id.clone(), bytes))
+            };
+            let rec = make_layer(
+                ctx,
+                req.pool,
+                req.fs,
+                parent.as_ref(),
+                &l.chain_id,
+                size,
+                &mut apply,
+            )?;
+            report.bytes_applied += rec.size;
+            report.layers_created += 1;
+            created.push(rec.clone());
+            parent = Some(rec);
+        }
+        Ok(())
+    })();
+    progress.done();
+    if let Err(e) = result {
+        // Nothing of this import stays behind: its layer volumes and blobs.
+        for rec in created.iter().rev() {
+            let _ = remove_stale_layer(ctx, req.pool, &rec.volume);
+            let _ = std::fs::remove_file(blob_file(ctx, req.pool, &rec.diff_id)?);
+        }
+        return Err(e);
+    }
+    // Layers become visible only now that every digest checked out.
+    for rec in &created {
+        fsutil::write_json_atomic(&layer_file(ctx, req.pool, &rec.chain_id)?, rec)?;
+    }
+    let config_blob = blob_file(ctx, req.pool, &img.config_digest)?;
+    fsutil::write_atomic(&config_blob, &img.config_bytes)?;
+    let rec = ImageRecord {
+        reference: reference.clone(),
+        config_digest: img.config_digest.clone(),
+        layers: chains,
+        size,
+        fs: req.fs,
+        created: now(),
+    };
+    fsutil::write_json_atomic(&image_file(ctx, req.pool, &reference)?, &rec)?;
+    Ok(report)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerInfo {
+    pub chain_id: Digest,
+    pub diff_id: Digest,
+    pub volume: String,
+    pub size: u64,
+    pub mapped_bytes: Option<u64>,
+    /// Other images that use this layer.
+    pub shared_with: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    pub reference: String,
+    pub config_digest: Digest,
+    pub size: u64,
+    pub fs: Filesystem,
+    pub layers: Vec<LayerInfo>,
+    /// Bytes of layers that other images share.
+    pub shared_bytes: u64,
+    pub created: u64,
+}
+
+/// `dmctl image inspect POOL REF`.
+pub fn inspect(ctx: &Ctx, pool: &str, reference: &str) -> Result<ImageInfo> {
+    let img = load_image(ctx, pool, reference)?;
+    let all = list_images(ctx, pool)?;
+    let mut layers = vec![];
+    let mut shared_bytes = 0;
+    for chain in &img.layers {
+        let rec = load_layer(ctx, pool, chain)?.ok_or_else(|| {
+            Error::Drift(format!("image '{reference}': layer {chain} has no record"))
+        })?;
+        let shared_with: Vec<String> = all
+            .iter()
+            .filter(|o| o.reference != img.reference && o.layers.contains(chain))
+            .map(|o| o.reference.clone())
+            .collect();
+        if !shared_with.is_empty() {
+            shared_bytes += rec.size;
+        }
+        let mapped = volume::info(ctx, &VolumeRef::new(pool, &rec.volume)?)
+            .ok()
+            .and_then(|i| i.mapped_bytes);
+        layers.push(LayerInfo {
+            chain_id: rec.chain_id,
+            diff_id: rec.diff_id,
+            volume: rec.volume,
+            size: rec.size,
+            mapped_bytes: mapped,
+            shared_with,
+        });
+    }
+    Ok(ImageInfo {
+        reference: img.reference,
+        config_digest: img.config_digest,
+        size: img.size,
+        fs: img.fs,
+        layers,
+        shared_bytes,
+        created: img.created,
+    })
+}
+
+/// Names of volumes that descend from `vol` (snapshots of it, at any depth).
+fn descendants(all: &[VolumeRecord], vol: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut frontier = vec![vol.to_string()];
+    while let Some(v) = frontier.pop() {
+        for c in all
+            .iter()
+            .filter(|c| c.parent.as_deref() == Some(v.as_str()))
+        {
+            out.push(c.name.clone());
+            frontier.push(c.name.clone());
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoveReport {
+    pub reference: String,
+    pub layers_removed: Vec<String>,
+    pub layers_kept: Vec<String>,
+}
+
+/// `dmctl image rm POOL REF`: the image goes, then every layer that no
+/// image references and no volume descends from (a provisioned rootfs, a
+/// layer of another image) is removed, top down. A layer kept earlier for a
+/// provisioned volume that is gone by now is collected here too.
+pub fn remove(ctx: &Ctx, pool: &str, reference: &str) -> Result<RemoveReport> {
+    let _lock = lock_images(ctx, pool)?;
+    let img = load_image(ctx, pool, reference)?;
+    fsutil::remove_file_durable(&image_file(ctx, pool, reference)?)?;
+    let mut report = RemoveReport {
+        reference: reference.to_string(),
+        layers_removed: vec![],
+        layers_kept: vec![],
+    };
+    let images = list_images(ctx, pool)?;
+    loop {
+        let all = ctx.store.list_volumes(pool)?;
+        let mut removed_one = false;
+        for rec in list_layers(ctx, pool)? {
+            let referenced = images.iter().any(|o| o.layers.contains(&rec.chain_id));
+            if referenced || !descendants(&all, &rec.volume).is_empty() {
+                continue;
+            }
+            fsutil::remove_file_durable(&layer_file(ctx, pool, &rec.chain_id)?)?;
+            remove_stale_layer(ctx, pool, &rec.volume)?;
+            let _ = fsutil::remove_file_durable(&blob_file(ctx, pool, &rec.diff_id)?);
+            report.layers_removed.push(rec.volume);
+            removed_one = true;
+        }
+        if !removed_one {
+            break;
+        }
+    }
+    for chain in &img.layers {
+        if load_layer(ctx, pool, chain)?.is_some() {
+            report.layers_kept.push(layer_volume_name(chain));
+        }
+    }
+    Ok(report)
+}
+
+fn list_layers(ctx: &Ctx, pool: &str) -> Result<Vec<LayerRecord>> {
+    let dir = pool_path(ctx, pool, "layers")?;
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut out = vec![];
+    for e in rd {
+        let p = e.at(&dir)?.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            out.push(fsutil::read_json(&p)?);
+        }
+    }
+    Ok(out)
+}
+
+/// `dmctl image provision POOL REF NAME [--size SIZE] [--mount DIR]`: a
+/// writable snapshot of the image's top layer, active (and mounted).
+pub fn provision(
+    ctx: &Ctx,
+    pool: &str,
+    reference: &str,
+    name: &str,
+    size: Option<u64>,
+    mount_at: Option<&Path>,
+) -> Result<volume::VolumeReport> {
+    let img = load_image(ctx, pool, reference)?;
+    let top = img
+        .top()
+        .ok_or_else(|| Error::Invalid(format!("image '{reference}' has no layers")))?;
+    let rec = load_layer(ctx, pool, top)?
+        .ok_or_else(|| Error::Drift(format!("image '{reference}': top layer has no record")))?;
+    let origin = VolumeRef::new(pool, &rec.volume)?;
+    let new = VolumeRef::new(pool, name)?;
+    volume::snapshot(ctx, &origin, &new, size, true)?;
+    if let Some(dir) = mount_at {
+        if let Err(e) = volume::mount(ctx, &new, dir, false, "") {
+            // Nothing half-provisioned: the snapshot goes again.
+            let _ = volume::remove(ctx, &new, true);
+            return Err(e);
+        }
+    }
+    volume::info(ctx, &new)
+}
+
+/// Write the changes of `v` against its parent as an OCI layer tar.
+/// Both are mounted read-only on private mount points for the walk.
+pub fn diff(ctx: &Ctx, v: &VolumeRef, out: &mut dyn Write) -> Result<diff::DiffStats> {
+    let vol = ctx.store.volume(&v.pool, &v.name)?;
+    let parent = vol
+        .parent
+        .clone()
+        .ok_or_else(|| Error::Invalid(format!("volume '{v}' has no parent to diff against")))?;
+    let pv = VolumeRef::new(&v.pool, &parent)?;
+    if vol.fs.is_none() {
+        return Err(Error::Invalid(format!("volume '{v}' has no filesystem")));
+    }
+    let mut lower = TempMount::new(ctx, &v.pool, "lower")?;
+    let mut upper = TempMount::new(ctx, &v.pool, "upper")?;
+    // A volume mounted elsewhere is read through that mount.
+    let upper_dir = match volume::info(ctx, v)?.mountpoint {
+        Some(mp) => {
+            nix::unistd::syncfs(std::fs::File::open(&mp).at(&mp)?)
+                .map_err(|e| Error::io(&mp, e.into()))?;
+            mp
+        }
+        None => {
+            mount_ro(ctx, &mut upper, v)?;
+            upper.dir.clone()
+        }
+    };
+    let lower_was_active = volume::info(ctx, &pv)?.active;
+    mount_ro(ctx, &mut lower, &pv)?;
+    let stats = diff::write_diff(&lower.dir, &upper_dir, out);
+    // Leave both as they were.
+    unmount_temp(ctx, &mut lower, &pv, lower_was_active)?;
+    if upper.mounted {
+        unmount_temp(ctx, &mut upper, v, vol.active)?;
+    }
+    stats
+}
+
+fn mount_ro(ctx: &Ctx, m: &mut TempMount, v: &VolumeRef) -> Result<()> {
+    m.mount(ctx, v, true)
+}
+
+/// Unmount a temporary mount and restore the volume's activation state
+/// and recorded mountpoint.
+fn unmount_temp(ctx: &Ctx, m: &mut TempMount, v: &VolumeRef, was_active: bool) -> Result<()> {
+    // Only this mount point: the volume may be mounted elsewhere too.
+    mount::umount(&m.dir)?;
+    m.mounted = false;
+    let mut rec = ctx.store.volume(&v.pool, &v.name)?;
+    rec.mountpoint = None;
+    ctx.store.save_volume(&v.pool, &rec)?;
+    if !was_active {
+        volume::deactivate(ctx, v)?;
+    }
+    Ok(())
+}
+
+/// The image whose top layer is the volume `layer_volume`, for commit.
+fn image_with_top(ctx: &Ctx, pool: &str, layer_volume: &str) -> Result<ImageRecord> {
+    list_images(ctx, pool)?
+        .into_iter()
+        .find(|i| i.top().map(layer_volume_name).as_deref() == Some(layer_volume))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "volume's parent {layer_volume} is not the top layer of an image"
+            ))
+        })
+}
+
+/// `dmctl image commit POOL/NAME REF`: the volume's diff becomes a new
+/// layer on top of its parent image, and a new image REF.
+pub fn commit(ctx: &Ctx, v: &VolumeRef, reference: &str) -> Result<ImportReport> {
+    init_dirs(ctx, &v.pool)?;
+    let vol = ctx.store.volume(&v.pool, &v.name)?;
+    let parent_vol = vol
+        .parent
+        .clone()
+        .ok_or_else(|| Error::Invalid(format!("volume '{v}' was not provisioned from an image")))?;
+    let parent_img = image_with_top(ctx, &v.pool, &parent_vol)?;
+    let parent_chain = parent_img.top().cloned().expect("image has a top layer");
+    let parent_layer = load_layer(ctx, &v.pool, &parent_chain)?
+        .ok_or_else(|| Error::Drift(format!("layer {parent_chain} has no record")))?;
+
+    // The diff, into the content store under a temporary name.
+    let tmp = pool_path(ctx, &v.pool, "blobs")?.join(format!(".commit-{}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).at(&tmp)?;
+    diff(ctx, v, &mut f)?;
+    f.sync_all().at(&tmp)?;
+    drop(f);
+    let diff_id = {
+        let mut h = Sha256::new();
+        let mut r = std::fs::File::open(&tmp).at(&tmp)?;
+        std::io::copy(&mut r, &mut h).at(&tmp)?;
+        Digest::parse(&format!("sha256:{}", hex::encode(h.finalize())))?
+    };
+    let chain = chain_id(Some(&parent_chain), &diff_id);
+    let _lock = lock_images(ctx, &v.pool)?;
+    let mut layers = parent_img.layers.clone();
+    layers.push(chain.clone());
+    let mut report = ImportReport {
+        reference: reference.to_string(),
+        layers: layers.len(),
+        layers_created: 0,
+        layers_shared: layers.len() - 1,
+        bytes_applied: 0,
+        already_present: false,
+        top_volume: layer_volume_name(&chain),
+    };
+    if load_layer(ctx, &v.pool, &chain)?.is_none() {
+        // The new layer is its parent layer plus exactly this tar, so what
+        // export writes re-imports to the same volume content.
+        let mut apply = |root: &Path, blob_tmp: &Path| -> Result<(Digest, u64)> {
+            std::fs::rename(&tmp, blob_tmp).at(blob_tmp)?;
+            let f = std::fs::File::open(blob_tmp).at(blob_tmp)?;
+            layer::apply_layer(root, f)?;
+            let len = std::fs::metadata(blob_tmp).at(blob_tmp)?.len();
+            Ok((diff_id.clone(), len))
+        };
+        let size = vol.size.max(parent_img.size);
+        let rec = make_layer(
+            ctx,
+            &v.pool,
+            parent_img.fs,
+            Some(&parent_layer),
+            &chain,
+            size,
+            &mut apply,
+        );
+        let _ = std::fs::remove_file(&tmp);
+        let rec = rec?;
+        report.bytes_applied = rec.size;
+        report.layers_created = 1;
+        fsutil::write_json_atomic(&layer_file(ctx, &v.pool, &chain)?, &rec)?;
+    } else {
+        let _ = std::fs::remove_file(&tmp);
+        report.layers_shared += 1;
+    }
+    let parent_config = std::fs::read(blob_file(ctx, &v.pool, &parent_img.config_digest)?)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let diff_ids: Vec<Digest> = layers
+        .iter()
+        .map(|c| {
+            load_layer(ctx, &v.pool, c)?
+                .map(|l| l.diff_id)
+                .ok_or_else(|| Error::Drift(format!("layer {c} has no record")))
+        })
+        .collect::<Result<_>>()?;
+    let config = oci::new_config(
+        parent_config.as_ref(),
+        &diff_ids,
+        &format!("dmctl image commit {v}"),
+    );
+    let config_digest = Digest::of(&config);
+    fsutil::write_atomic(&blob_file(ctx, &v.pool, &config_digest)?, &config)?;
+    let rec = ImageRecord {
+        reference: reference.to_string(),
+        config_digest,
+        layers,
+        size: vol.size.max(parent_img.size),
+        fs: parent_img.fs,
+        created: now(),
+    };
+    fsutil::write_json_atomic(&image_file(ctx, &v.pool, reference)?, &rec)?;
+    Ok(report)
+}
+
+/// `dmctl image export POOL REF DIR`: an OCI image layout with the image's
+/// uncompressed layers and its config, so a re-import gives the same
+/// ChainIDs.
+pub fn export(ctx: &Ctx, pool: &str, reference: &str, dir: &Path) -> Result<Digest> {
+    let img = load_image(ctx, pool, reference)?;
+    let config = std::fs::read(blob_file(ctx, pool, &img.config_digest)?).map_err(|e| {
+        Error::io(
+            blob_file(ctx, pool, &img.config_digest).unwrap_or_default(),
+            e,
+        )
+    })?;
+    let mut layers = vec![];
+    for chain in &img.layers {
+        let rec = load_layer(ctx, pool, chain)?
+            .ok_or_else(|| Error::Drift(format!("layer {chain} has no record")))?;
+        layers.push(oci::ExportLayer {
+            tar_path: blob_file(ctx, pool, &rec.diff_id)?,
+            diff_id: rec.diff_id,
+        });
+    }
+    std::fs::create_dir_all(dir).at(dir)?;
+    oci::write_layout(dir, reference, &config, &layers)
+}
