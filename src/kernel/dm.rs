@@ -198,11 +198,16 @@ impl Dm {
             .map_err(|e| dm_err(format!("message '{msg}' to {name}"), e))
     }
 
-    /// Status lines of the live table.
+    /// Status lines of the live table. With NOFLUSH: a thin-pool's status
+    /// would otherwise commit its metadata first, a whole commit per query
+    /// (the counts are then at most one periodic commit, ~1 s, old).
     pub fn status(&self, name: &str) -> Result<Vec<TableLine>> {
         crate::trace::step(|| format!("dm status {name}"));
         self.dm
-            .table_status(&DevId::Name(dm_name(name)?), DmOptions::default())
+            .table_status(
+                &DevId::Name(dm_name(name)?),
+                DmOptions::default().set_flags(DmFlags::DM_NOFLUSH),
+            )
             .map(|(_, s)| s)
             .map_err(|e| dm_err(format!("status of {name}"), e))
     }

@@ -48,12 +48,16 @@ pub fn commit(ctx: &Ctx, pool: &mut PoolRecord, txn: &Transaction) -> Result<()>
 fn finish(ctx: &Ctx, pool: &mut PoolRecord, txn: &Transaction) -> Result<()> {
     match &txn.op {
         TxnOp::Create { volume } => {
-            let mut v = volume.clone();
-            if let Some(current) = ctx.store.load_volume(&pool.name, &v.name)? {
-                v = current;
+            // The command normally wrote the complete record already; after
+            // a crash it may be missing or not yet marked initialized.
+            match ctx.store.load_volume(&pool.name, &volume.name)? {
+                Some(current) if current.initialized => {}
+                current => {
+                    let mut v = current.unwrap_or_else(|| volume.clone());
+                    v.initialized = true;
+                    ctx.store.save_volume(&pool.name, &v)?;
+                }
             }
-            v.initialized = true;
-            ctx.store.save_volume(&pool.name, &v)?;
             pool.next_device_id = pool.next_device_id.max(next_id(volume.device_id));
         }
         TxnOp::Delete { volume } => {
