@@ -429,11 +429,8 @@ fn run(cli: &Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 eprintln!(
-                    "{volume}: {} added, {} modified, {} deleted, {}",
-                    stats.added,
-                    stats.modified,
-                    stats.deleted,
-                    format_size(stats.bytes)
+                    "{volume}: {} added, {} modified, {} deleted ({} bytes of file content)",
+                    stats.added, stats.modified, stats.deleted, stats.bytes
                 );
             }
             Ok(0)

@@ -41,6 +41,40 @@ test "$(cat /mnt/layer1/id.txt)" = "written in layer1"
 run dmctl umount demo/layer1
 run dmctl rm demo/layer2
 run dmctl info demo/layer1
+
+echo
+echo "=== images: a two-layer OCI image built with umoci, imported as a snapshot chain ==="
+cd /tmp
+umoci init --layout img >/dev/null
+umoci new --image img:base >/dev/null
+umoci unpack --image img:base bundle >/dev/null
+mkdir -p bundle/rootfs/bin bundle/rootfs/etc bundle/rootfs/app
+cp /bin/busybox bundle/rootfs/bin/busybox && ln -s busybox bundle/rootfs/bin/sh
+echo "version 1" >bundle/rootfs/app/VERSION && echo "debug=true" >bundle/rootfs/etc/app.conf
+umoci repack --image img:base bundle >/dev/null
+rm -rf bundle && umoci unpack --image img:base bundle >/dev/null
+echo "version 2" >bundle/rootfs/app/VERSION && rm bundle/rootfs/etc/app.conf
+umoci repack --image img:v2 bundle >/dev/null
+echo "(built OCI layout /tmp/img with tags base and v2)"
+run dmctl image import demo /tmp/img --name v2 --size 256M
+run dmctl image import demo /tmp/img --name base --size 256M
+run dmctl image import demo /tmp/img --name v2 --size 256M
+run dmctl image ls demo
+run dmctl image inspect demo v2
+mkdir -p /mnt/job
+run dmctl image provision demo v2 job1 --mount /mnt/job
+echo "  /mnt/job/app/VERSION: $(cat /mnt/job/app/VERSION); etc/app.conf: $(cat /mnt/job/etc/app.conf 2>/dev/null || echo '(deleted in v2)')"
+echo "built by the CI job" >/mnt/job/app/artifact
+rm /mnt/job/bin/sh
+echo "(the job wrote app/artifact and deleted bin/sh)"
+run dmctl diff demo/job1 -o /tmp/job1.tar
+tar -tvf /tmp/job1.tar
+run dmctl image commit demo/job1 v3
+run dmctl image export demo v3 /tmp/exported
+run dmctl image inspect demo v3
+run dmctl rm demo/job1 --force
+run dmctl ls demo --tree
+run dmctl check demo
 run dmctl pool destroy demo --force
 echo
 echo "demo: OK"
