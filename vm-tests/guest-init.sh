@@ -7,7 +7,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm /dev/mapper
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp stays part of the initramfs root (already a tmpfs): the project's
+# files are staged at their host paths, which may be under /tmp.
+mkdir -p /tmp && chmod 1777 /tmp
 mount -t tmpfs tmpfs /run
 mkdir -p /run/lock/lvm /var/lib
 ln -sf /proc/self/mounts /etc/mtab
