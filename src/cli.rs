@@ -229,9 +229,49 @@ enum PoolCommand {
         /// Zero newly provisioned blocks (slower; off by default).
         #[arg(long)]
         zeroing: bool,
-        /// Fail writes at once when the pool is full, instead of queueing.
+        /// Fail writes at once when the pool is full, instead of queueing
+        /// them. Queued writes wait for `pool extend` at most the kernel's
+        /// /sys/module/dm_thin_pool/parameters/no_space_timeout (60 s by
+        /// default; 0 waits forever), then fail; dmctl does not change it.
         #[arg(long)]
         error_if_no_space: bool,
+        /// Refuse new volumes and snapshots below this much free data (or
+        /// metadata) space, in percent (default 10).
+        #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=90))]
+        min_free: Option<u8>,
+    },
+    /// Change a pool's settings.
+    Set {
+        pool: String,
+        /// Refuse new volumes and snapshots below this much free data (or
+        /// metadata) space, in percent (0 to 90).
+        #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=90))]
+        min_free: Option<u8>,
+        /// Free data space below which the kernel raises an event (a table reload).
+        #[arg(long, value_parser = size)]
+        low_water_mark: Option<u64>,
+    },
+    /// Extend a file-backed pool automatically before it fills: when its data
+    /// or metadata usage reaches the threshold. Waits for the pool's
+    /// low-water-mark event (kept at the threshold), re-checking every
+    /// --interval seconds.
+    Monitor {
+        pool: String,
+        /// Percent used at which to extend.
+        #[arg(long, value_name = "PCT", default_value_t = 80,
+              value_parser = clap::value_parser!(u8).range(1..=99))]
+        threshold: u8,
+        /// How much to add each time: a size (1G) or a percentage of the
+        /// current size (20%).
+        #[arg(long, value_name = "SIZE|PCT%", default_value = "20%")]
+        grow: ops::monitor::Grow,
+        /// Re-check at least every SECS seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 10,
+              value_parser = clap::value_parser!(u64).range(1..=86400))]
+        interval: u64,
+        /// Check and extend at most once, then exit (cron, systemd timers).
+        #[arg(long)]
+        once: bool,
     },
     /// List pools.
     Ls,
@@ -251,6 +291,13 @@ enum PoolCommand {
         pool: String,
         #[arg(long)]
         force: bool,
+    },
+    /// Rebuild a pool's damaged metadata with thin_repair (pool inactive).
+    Repair {
+        pool: String,
+        /// A device to write the repaired metadata to (device-backed pools).
+        #[arg(long, value_name = "DEV")]
+        spare_dev: Option<PathBuf>,
     },
     /// Grow a pool's data and/or metadata space, live.
     Extend {
@@ -624,6 +671,7 @@ fn run_pool(cli: &Cli, ctx: &Ctx, cmd: &PoolCommand) -> Result<i32> {
             meta_dev,
             zeroing,
             error_if_no_space,
+            min_free,
         } => {
             let req = pool::CreateRequest {
                 name: pool.clone(),
@@ -635,6 +683,7 @@ fn run_pool(cli: &Cli, ctx: &Ctx, cmd: &PoolCommand) -> Result<i32> {
                 meta_dev: meta_dev.clone(),
                 zeroing: *zeroing,
                 error_if_no_space: *error_if_no_space,
+                min_free_percent: *min_free,
             };
             let rec = pool::create(ctx, &req)?;
             emit(cli, &rec, |r| {
@@ -717,6 +766,10 @@ fn run_pool(cli: &Cli, ctx: &Ctx, cmd: &PoolCommand) -> Result<i32> {
             pool::destroy(ctx, pool, *force)?;
             emit(cli, &serde_json::json!({ "destroyed": pool }), |_| {})
         }
+        PoolCommand::Repair { pool, spare_dev } => {
+            let r = ops::repair::repair_pool(ctx, pool, spare_dev.as_deref())?;
+            emit(cli, &r, |r| r.notes.iter().for_each(|n| println!("{n}")))
+        }
         PoolCommand::Extend {
             pool,
             data_size,
@@ -731,6 +784,50 @@ fn run_pool(cli: &Cli, ctx: &Ctx, cmd: &PoolCommand) -> Result<i32> {
                     format_size(r.meta_size)
                 )
             })
+        }
+        PoolCommand::Set {
+            pool,
+            min_free,
+            low_water_mark,
+        } => {
+            let rec = pool::set(ctx, pool, *min_free, *low_water_mark)?;
+            emit(cli, &rec, |r| {
+                println!(
+                    "pool {}: min free {}%, low-water mark {}",
+                    r.name,
+                    r.min_free_percent,
+                    format_size(r.low_water_mark)
+                )
+            })
+        }
+        PoolCommand::Monitor {
+            pool,
+            threshold,
+            grow,
+            interval,
+            once,
+        } => {
+            let opts = ops::monitor::Options {
+                threshold: *threshold,
+                grow: *grow,
+                interval: std::time::Duration::from_secs(*interval),
+                once: *once,
+            };
+            if !cli.json && !*once {
+                println!(
+                    "monitoring pool {pool}: extend by {grow} at {threshold}% used, \
+                     checking on dm events and every {interval}s"
+                );
+            }
+            ops::monitor::run(ctx, pool, &opts, |r| {
+                if cli.json {
+                    // One JSON document per line: a stream of checks.
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                } else {
+                    println!("{}", r.line());
+                }
+            })?;
+            Ok(0)
         }
     }
 }

@@ -35,7 +35,7 @@ pub struct CheckReport {
 }
 
 /// The device holding the pool's metadata.
-fn meta_device(pool: &PoolRecord) -> Result<PathBuf> {
+pub(crate) fn meta_device(pool: &PoolRecord) -> Result<PathBuf> {
     match &pool.meta {
         Backing::Device { path } => Ok(path.clone()),
         Backing::File { path } => loopdev::find_by_backing_file(path)?
@@ -104,6 +104,32 @@ fn examine(ctx: &Ctx, pool: &PoolRecord) -> Result<CheckReport> {
     Ok(r)
 }
 
+/// Whether a record set aside by an earlier `check --repair` is still
+/// without a rebuilt record (`NAME.json.corrupt-TIME`, no `NAME.json`).
+fn has_set_aside_records(ctx: &Ctx, pool: &PoolRecord) -> Result<bool> {
+    let dir = ctx.store.pool_dir(&pool.name)?.join("devices");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(false);
+    };
+    for e in rd.flatten() {
+        let f = e.file_name();
+        let Some((name, _)) = f.to_str().and_then(|f| f.split_once(".json.corrupt-")) else {
+            continue;
+        };
+        if names::is_valid_name(name)
+            && ctx
+                .store
+                .load_volume(&pool.name, name)
+                .ok()
+                .flatten()
+                .is_none()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// `dmctl check POOL [--repair]`.
 pub fn check(ctx: &Ctx, pool: &str, repair: bool) -> Result<CheckReport> {
     if !repair {
@@ -117,7 +143,31 @@ pub fn check(ctx: &Ctx, pool: &str, repair: bool) -> Result<CheckReport> {
     let mut repaired = vec![];
     repaired.extend(txn::recover(ctx, &mut rec)?);
     let found = examine(ctx, &rec)?;
-    for id in &found.orphan_ids {
+    // Unreadable records first: one may own an orphan id, whose data is
+    // then the user's, not garbage.
+    let mut orphans = found.orphan_ids.clone();
+    if !found.corrupt_files.is_empty() || has_set_aside_records(ctx, &rec)? {
+        let dump = read_kernel_metadata(ctx, &rec)?;
+        let rebuilt = super::repair::rebuild_records(ctx, &mut rec, &dump, &orphans)?;
+        repaired.extend(rebuilt.notes);
+        orphans.retain(|id| !rebuilt.claimed.contains(id));
+        if !rebuilt.unpaired.is_empty() {
+            for id in &orphans {
+                repaired.push(format!(
+                    "kept orphan thin id {id}: it may hold the data of a record set aside \
+                     ({}); remove that file to let check --repair delete the id",
+                    rebuilt
+                        .unpaired
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            orphans.clear();
+        }
+    }
+    for id in &orphans {
         // A leftover dm device of that id (ours by its uuid) goes first.
         let uuid = names::thin_dm_uuid(&rec.uuid, *id);
         for dev in ctx.dm()?.list_owned()? {

@@ -7,8 +7,10 @@
 
 pub mod check;
 pub mod image;
+pub mod monitor;
 
 pub mod pool;
+pub mod repair;
 pub mod txn;
 pub mod volume;
 

@@ -32,6 +32,23 @@ pub struct CreateRequest {
     pub meta_dev: Option<PathBuf>,
     pub zeroing: bool,
     pub error_if_no_space: bool,
+    /// Refuse new volumes below this much free space, in percent (default 10).
+    pub min_free_percent: Option<u8>,
+}
+
+/// The largest accepted `--min-free` percentage.
+pub const MAX_MIN_FREE_PERCENT: u8 = 90;
+/// What the kernel uses of a metadata device at most (dm-thin's
+/// THIN_METADATA_MAX_SECTORS: 255 * 2^14 * 8 sectors, 15.94 GiB).
+const KERNEL_META_LIMIT: u64 = 255 * (1 << 14) * 8 * SECTOR;
+
+fn validate_min_free(pct: u8) -> Result<u8> {
+    if pct > MAX_MIN_FREE_PERCENT {
+        return Err(Error::Invalid(format!(
+            "invalid free space threshold {pct}%: must be 0 to {MAX_MIN_FREE_PERCENT}"
+        )));
+    }
+    Ok(pct)
 }
 
 /// Metadata size for a data size: ~48 bytes per data block (the kernel
@@ -47,6 +64,9 @@ pub fn default_meta_size(data_size: u64, block_size: u64) -> u64 {
 
 fn validate_request(req: &CreateRequest) -> Result<(u64, u64, u64)> {
     validate_name("pool", &req.name)?;
+    if let Some(p) = req.min_free_percent {
+        validate_min_free(p)?;
+    }
     let block = req.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block) || !block.is_multiple_of(MIN_BLOCK_SIZE)
     {
@@ -161,7 +181,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<PoolRecord> {
         error_if_no_space: req.error_if_no_space,
         transaction_id: 0,
         next_device_id: 0,
-        min_free_percent: 10,
+        min_free_percent: req.min_free_percent.unwrap_or(10),
         created: now(),
     };
     if rec.low_water_mark >= data_size {
@@ -319,7 +339,17 @@ pub fn activate(ctx: &Ctx, pool: &str) -> Result<Vec<String>> {
     }
     if ctx.pool_device(&rec)?.is_none() {
         let (meta, _) = backing_devices(&rec)?;
-        check_metadata(&meta)?;
+        // Zeroed metadata is formatted afresh by the kernel: right for a
+        // pool that never held anything, the loss of every volume for one
+        // whose superblock was wiped.
+        let never_used = rec.transaction_id == 0
+            && ctx.store.volume_names(pool)?.is_empty()
+            && ctx.store.load_txn(pool)?.is_none();
+        if let Err(e) = check_metadata(pool, &meta, never_used) {
+            // Leave nothing attached: `pool repair` works on the files.
+            let _ = detach_loops(&rec);
+            return Err(e);
+        }
         load_pool_table(ctx, &rec)?;
         notes.push(format!("pool {pool}: activated"));
     }
@@ -334,22 +364,35 @@ pub fn activate(ctx: &Ctx, pool: &str) -> Result<Vec<String>> {
 }
 
 /// `thin_check` before activation, as LVM does: a pool whose metadata is
-/// damaged is not activated. Fresh (zeroed) metadata has nothing to check.
-fn check_metadata(meta: &Path) -> Result<()> {
-    if blockdev::is_zeroed_start(meta, META_HEADER)? {
+/// damaged is not activated. Zeroed metadata has nothing to check only in a
+/// pool that was never used (`never_used`); in any other it is damage.
+fn check_metadata(pool: &str, meta: &Path, never_used: bool) -> Result<()> {
+    if never_used && blockdev::is_zeroed_start(meta, META_HEADER)? {
         return Ok(());
     }
     let out = Tool::ThinCheck.output([
-        std::ffi::OsStr::new("-q"),
         std::ffi::OsStr::new("--clear-needs-check-flag"),
         meta.as_os_str(),
     ])?;
     if !out.status.success() {
+        // Its findings, without the progress lines ("examining ...").
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        let found: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("examining") && !l.starts_with("checking"))
+            .take(3)
+            .collect();
+        let found = if found.is_empty() {
+            out.status.to_string()
+        } else {
+            found.join("; ")
+        };
         return Err(Error::PoolState(format!(
-            "pool metadata on {} failed thin_check ({}); not activating it \
-             (`dmctl pool repair` can rebuild it)",
+            "pool '{pool}': metadata on {} failed thin_check ({found}); not activating it; \
+             run `dmctl pool repair {pool}` to rebuild it with thin_repair",
             meta.display(),
-            Tool::ThinCheck.failed(&out)
         )));
     }
     Ok(())
@@ -437,23 +480,54 @@ pub fn extend(
     data_size: Option<u64>,
     meta_size: Option<u64>,
 ) -> Result<PoolRecord> {
+    extend_with(ctx, pool, data_size, meta_size, None)
+}
+
+/// `extend`, optionally setting a new low-water mark (bytes) in the same
+/// table reload (`pool monitor` keeps it at its threshold).
+pub fn extend_with(
+    ctx: &Ctx,
+    pool: &str,
+    data_size: Option<u64>,
+    meta_size: Option<u64>,
+    low_water_mark: Option<u64>,
+) -> Result<PoolRecord> {
     let _lock = ctx.store.lock_pool(pool)?;
     let mut rec = ctx.ready_pool(pool)?;
-    if data_size.is_none() && meta_size.is_none() {
+    if data_size.is_none() && meta_size.is_none() && low_water_mark.is_none() {
         return Err(Error::Invalid(
             "nothing to extend: give --data-size and/or --meta-size".into(),
         ));
     }
     let new_data = match (&rec.data, data_size) {
         (_, Some(s)) => s / rec.block_size * rec.block_size,
-        (Backing::Device { path }, None) => device_size(path)? / rec.block_size * rec.block_size,
-        (Backing::File { .. }, None) => rec.data_size,
+        (Backing::Device { path }, None) if low_water_mark.is_none() => {
+            device_size(path)? / rec.block_size * rec.block_size
+        }
+        _ => rec.data_size,
     };
     let new_meta = match (&rec.meta, meta_size) {
         (_, Some(s)) => s / META_BLOCK_BYTES * META_BLOCK_BYTES,
-        (Backing::Device { path }, None) => device_size(path)?.min(MAX_META_SIZE),
-        (Backing::File { .. }, None) => rec.meta_size,
+        (Backing::Device { path }, None) if low_water_mark.is_none() => {
+            device_size(path)?.min(MAX_META_SIZE)
+        }
+        _ => rec.meta_size,
     };
+    grow_locked(ctx, &mut rec, new_data, new_meta, low_water_mark)?;
+    Ok(rec)
+}
+
+/// Grow a pool (lock held) to the given sizes and low-water mark: record
+/// first, then the backing files and loops, then the table reload. Checks
+/// that the kernel did grow it: it refuses while the metadata needs_check.
+fn grow_locked(
+    ctx: &Ctx,
+    rec: &mut PoolRecord,
+    new_data: u64,
+    new_meta: u64,
+    low_water_mark: Option<u64>,
+) -> Result<()> {
+    let pool = rec.name.clone();
     if new_data < rec.data_size || new_meta < rec.meta_size {
         return Err(Error::Invalid(format!(
             "pools only grow: data {} -> {}, metadata {} -> {}",
@@ -467,6 +541,14 @@ pub fn extend(
         return Err(Error::Invalid(
             "metadata larger than 16G is never used".into(),
         ));
+    }
+    let lwm = low_water_mark.unwrap_or(rec.low_water_mark);
+    if lwm >= new_data {
+        return Err(Error::Invalid(format!(
+            "low water mark {} must be below the data size {}",
+            format_size(lwm),
+            format_size(new_data)
+        )));
     }
     for (b, size) in [(&rec.data, new_data), (&rec.meta, new_meta)] {
         if let Backing::Device { path } = b {
@@ -483,13 +565,85 @@ pub fn extend(
     // so a crash anywhere below is finished by the next activation.
     rec.data_size = new_data;
     rec.meta_size = new_meta;
-    ctx.store.save_pool(&rec)?;
+    rec.low_water_mark = lwm;
+    ctx.store.save_pool(rec)?;
     crate::crashpoint::hit("pool-extend:after-record");
-    let (meta, data) = backing_devices(&rec)?;
-    if ctx.pool_device(&rec)?.is_some() {
-        let table = pool_table(&rec, &meta, &data)?;
+    let (meta, data) = backing_devices(rec)?;
+    if ctx.pool_device(rec)?.is_some() {
+        if !matches!(ctx.pool_status(rec)?, PoolStatusLine::Active(_)) {
+            // A failed pool (e.g. its metadata ran out mid-transaction) is
+            // not resized by the kernel; the next activation loads the
+            // recorded size.
+            return Err(Error::PoolState(format!(
+                "pool '{pool}' has failed (fail mode), and the kernel grows no failed pool; \
+                 the new size is recorded: run `dmctl pool deactivate {pool}` and \
+                 `dmctl pool activate {pool}` (thin_check), which load it at the new size \
+                 (`dmctl pool repair {pool}` if thin_check fails)"
+            )));
+        }
+        let table = pool_table(rec, &meta, &data)?;
         ctx.dm()?
-            .reload(&names::pool_dm_name(pool), &table, false)?;
+            .reload(&names::pool_dm_name(&pool), &table, false)?;
+        if let PoolStatusLine::Active(s) = ctx.pool_status(rec)? {
+            let (data_now, meta_now) = (
+                s.total_data_blocks * rec.block_size,
+                s.total_meta_blocks * META_BLOCK_BYTES,
+            );
+            if data_now < new_data || meta_now < new_meta.min(KERNEL_META_LIMIT) {
+                let why = if s.needs_check {
+                    format!(
+                        ": its metadata is flagged needs_check, and the kernel grows no such pool; \
+                         run `dmctl pool deactivate {pool}` and `dmctl pool activate {pool}` \
+                         (thin_check --clear-needs-check-flag), which loads it at the new size"
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(Error::PoolState(format!(
+                    "pool '{pool}': the kernel did not grow it (data {} of {}, metadata {} of {}){why}",
+                    format_size(data_now),
+                    format_size(new_data),
+                    format_size(meta_now),
+                    format_size(new_meta)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `dmctl pool set`: the free-space threshold below which new volumes and
+/// snapshots are refused, and/or the low-water mark (a table reload).
+pub fn set(
+    ctx: &Ctx,
+    pool: &str,
+    min_free_percent: Option<u8>,
+    low_water_mark: Option<u64>,
+) -> Result<PoolRecord> {
+    if min_free_percent.is_none() && low_water_mark.is_none() {
+        return Err(Error::Invalid(
+            "nothing to set: give --min-free and/or --low-water-mark".into(),
+        ));
+    }
+    if let Some(p) = min_free_percent {
+        validate_min_free(p)?;
+    }
+    let _lock = ctx.store.lock_pool(pool)?;
+    let mut rec = ctx.ready_pool(pool)?;
+    if let Some(p) = min_free_percent {
+        rec.min_free_percent = p;
+        ctx.store.save_pool(&rec)?;
+    }
+    if let Some(lwm) = low_water_mark {
+        if lwm < rec.block_size {
+            return Err(Error::Invalid(format!(
+                "low water mark {} is below one block ({})",
+                format_size(lwm),
+                format_size(rec.block_size)
+            )));
+        }
+        let (data, meta) = (rec.data_size, rec.meta_size);
+        grow_locked(ctx, &mut rec, data, meta, Some(lwm))?;
     }
     Ok(rec)
 }
@@ -507,6 +661,8 @@ pub struct PoolReport {
     pub meta_used: Option<u64>,
     pub block_size: u64,
     pub low_water_mark: u64,
+    /// New volumes and snapshots are refused below this much free space.
+    pub min_free_percent: u8,
     pub mode: Option<PoolMode>,
     pub needs_check: Option<bool>,
     pub no_space_policy: &'static str,
@@ -533,6 +689,7 @@ pub fn status(ctx: &Ctx, pool: &str) -> Result<PoolReport> {
         meta_used: None,
         block_size: rec.block_size,
         low_water_mark: rec.low_water_mark,
+        min_free_percent: rec.min_free_percent,
         mode: None,
         needs_check: None,
         no_space_policy: if rec.error_if_no_space {

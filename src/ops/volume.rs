@@ -4,7 +4,9 @@
 use super::{devnode, thin_table, txn, Ctx};
 use crate::error::{Error, Result};
 use crate::kernel::dm::{errno_of, DevInfo};
-use crate::kernel::status::{parse_thin_status, PoolMode, PoolStatus, ThinStatus};
+use crate::kernel::status::{
+    parse_thin_status, PoolMode, PoolStatus, ThinStatus, META_BLOCK_BYTES,
+};
 use crate::kernel::{blockdev, mount};
 use crate::names::{self, validate_name, VolumeRef};
 use crate::store::model::{now, Filesystem, PoolRecord, Transaction, TxnOp, VolumeRecord};
@@ -37,21 +39,61 @@ fn open_pool(ctx: &Ctx, pool: &str) -> Result<(crate::fsutil::LockFile, PoolReco
     Ok((lock, rec))
 }
 
+/// The status of a pool that is to take a new thin device: a failed pool
+/// is refused with what brings it back.
+fn room_status(ctx: &Ctx, pool: &PoolRecord) -> Result<PoolStatus> {
+    match ctx.pool_status(pool)? {
+        crate::kernel::status::PoolStatusLine::Active(s) => Ok(s),
+        _ => Err(Error::PoolState(format!(
+            "pool '{}' has failed (fail mode: its metadata ran out of space or could not \
+             be written); run `dmctl pool deactivate {}` and `dmctl pool activate {}` \
+             (thin_check), after `dmctl pool extend {} --meta-size` if its metadata is \
+             full; `dmctl pool repair {}` if thin_check fails",
+            pool.name, pool.name, pool.name, pool.name, pool.name
+        ))),
+    }
+}
+
 /// Refuse new thin devices on a pool that cannot take them: not read-write,
-/// or with less free data space than its threshold (Docker's
+/// or with less free data (or metadata) space than its threshold (Docker's
 /// `dm.min_free_space`).
 fn check_room(pool: &PoolRecord, s: &PoolStatus) -> Result<()> {
-    if s.mode != PoolMode::ReadWrite {
-        return Err(Error::PoolState(format!(
-            "pool '{}' is {} (not rw); extend it with `dmctl pool extend`",
-            pool.name,
-            s.mode.as_str()
-        )));
-    }
+    let meta = format!(
+        "metadata {} of {} used",
+        format_size(s.used_meta_blocks * META_BLOCK_BYTES),
+        format_size(s.total_meta_blocks * META_BLOCK_BYTES)
+    );
     if s.needs_check {
         return Err(Error::PoolState(format!(
-            "pool '{}' needs a metadata check (deactivate and activate it)",
+            "pool '{}' is {} and its metadata needs a check ({meta}); run \
+             `dmctl pool deactivate {}` and `dmctl pool activate {}` (thin_check), \
+             then extend it with `dmctl pool extend --meta-size` if it is full",
+            pool.name,
+            s.mode.as_str(),
+            pool.name,
             pool.name
+        )));
+    }
+    if s.mode != PoolMode::ReadWrite {
+        // The kernel keeps a reserve of metadata blocks (a tenth, at most
+        // 16M): a pool that ran out of metadata space is read-only with the
+        // reserve or less free.
+        let meta_full = s.mode == PoolMode::ReadOnly
+            && s.total_meta_blocks.saturating_sub(s.used_meta_blocks)
+                <= (s.total_meta_blocks / 10).min(4096) + 1;
+        let how = match s.mode {
+            PoolMode::OutOfDataSpace => "out of data space; extend it with \
+                                         `dmctl pool extend --data-size`"
+                .to_string(),
+            _ if meta_full => "out of metadata space; extend it with \
+                               `dmctl pool extend --meta-size`"
+                .to_string(),
+            _ => "extend it with `dmctl pool extend`".to_string(),
+        };
+        return Err(Error::PoolState(format!(
+            "pool '{}' is {} (not rw; {meta}): {how}",
+            pool.name,
+            s.mode.as_str(),
         )));
     }
     let free = s.total_data_blocks.saturating_sub(s.used_data_blocks);
@@ -67,10 +109,11 @@ fn check_room(pool: &PoolRecord, s: &PoolStatus) -> Result<()> {
     let mfree = s.total_meta_blocks.saturating_sub(s.used_meta_blocks);
     if mfree * 100 < s.total_meta_blocks * u64::from(pool.min_free_percent) {
         return Err(Error::PoolState(format!(
-            "pool '{}' has {}% of its metadata space free; extend it with \
-             `dmctl pool extend --meta-size`",
+            "pool '{}' has {}% of its metadata space free ({meta}), below its {}% \
+             threshold; extend it with `dmctl pool extend --meta-size`",
             pool.name,
-            mfree * 100 / s.total_meta_blocks.max(1)
+            mfree * 100 / s.total_meta_blocks.max(1),
+            pool.min_free_percent
         )));
     }
     Ok(())
@@ -214,7 +257,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
     let size = check_size(req.size)?;
     let (_lock, mut pool) = open_pool(ctx, &req.volume.pool)?;
     check_new_name(ctx, &pool, &req.volume.name)?;
-    check_room(&pool, &ctx.usable_pool_status(&pool)?)?;
+    check_room(&pool, &room_status(ctx, &pool)?)?;
     let mut vol = new_record(&pool, &req.volume.name, size);
     vol.fs = req.fs;
     vol.active = true;
@@ -284,7 +327,7 @@ pub fn snapshot(
         )));
     }
     check_new_name(ctx, &pool, &new.name)?;
-    check_room(&pool, &ctx.usable_pool_status(&pool)?)?;
+    check_room(&pool, &room_status(ctx, &pool)?)?;
     let size = match size {
         Some(s) if s < o.size => {
             return Err(Error::Invalid(format!(
@@ -485,13 +528,29 @@ pub fn umount(ctx: &Ctx, v: &VolumeRef) -> Result<Vec<PathBuf>> {
 
 /// `dmctl rm POOL/NAME [--force]`: unmount (with force), discard the blocks
 /// so a loop file shrinks, remove the dm device, `delete` the thin id.
+///
+/// A volume in use is refused before anything changes, naming what holds
+/// it: mounted (without force), a busy mount, or a device that a process
+/// has open. The last is refused even with force: the kernel will not
+/// `delete` the thin id of an open device, and a deferred removal would
+/// leave the id and its record behind until the holder lets go.
 pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
     let (_lock, mut pool) = open_pool(ctx, &v.pool)?;
     let vol = ctx.store.volume(&v.pool, &v.name)?;
     let was_active = ctx.thin_device(&pool, &vol)?;
+    let open_msg = "is open (the kernel cannot delete an open thin device; \
+                    close it and run rm again)";
     // Everything that can refuse comes before the transaction opens.
     if let Some(info) = &was_active {
-        for mp in mount::mountpoints_of(info.devno)? {
+        let mountpoints = mount::mountpoints_of(info.devno)?;
+        if force && !mountpoints.is_empty() {
+            // An open device node keeps the device whatever is unmounted:
+            // refuse before unmounting anything.
+            if !blockdev::users_of(&devnode(info), info.devno, None).is_empty() {
+                return Err(busy(v, info, None, open_msg));
+            }
+        }
+        for mp in mountpoints {
             if !force {
                 return Err(busy(
                     v,
@@ -512,6 +571,15 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
                 ));
             }
         }
+        // The kernel refuses to remove an open device (EBUSY), atomically:
+        // the one reliable test that nothing holds it. Nothing has changed
+        // yet if it does (the discard below would destroy a holder's data).
+        if let Err(e) = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false) {
+            return Err(match e {
+                Error::Busy(_) => busy(v, info, None, open_msg),
+                e => e,
+            });
+        }
     }
     let t = txn::begin(
         ctx,
@@ -519,13 +587,22 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
         TxnOp::Delete {
             volume: vol.clone(),
         },
-    )?;
+    );
+    let t = match t {
+        Ok(t) => t,
+        Err(e) => {
+            if was_active.is_some() {
+                activate_device(ctx, &pool, &vol, vol.read_only)?;
+            }
+            return Err(e);
+        }
+    };
     let undone = (|| -> Result<()> {
         let info = activate_device(ctx, &pool, &vol, false)?;
         blockdev::discard(&devnode(&info), 0, vol.size)?;
         if let Err(e) = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false) {
             return Err(match e {
-                Error::Busy(_) => busy(v, &info, None, "is open"),
+                Error::Busy(_) => busy(v, &info, None, open_msg),
                 e => e,
             });
         }
@@ -654,7 +731,14 @@ fn report(
     if let Some(info) = &info {
         node = Some(devnode(info));
         mountpoint = first_mountpoint(info)?;
-        if let Some(line) = ctx.dm()?.status(&ctx.thin_dm_name(pool, &vol))?.first() {
+        // Another process may remove the device meanwhile (ls and info
+        // take no lock): a device gone since is simply not active.
+        let lines = match ctx.dm()?.status(&ctx.thin_dm_name(pool, &vol)) {
+            Ok(lines) => lines,
+            Err(_) if ctx.thin_device(pool, &vol)?.is_none() => vec![],
+            Err(e) => return Err(e),
+        };
+        if let Some(line) = lines.first() {
             if let ThinStatus::Active { mapped_sectors, .. } = parse_thin_status(&line.3)? {
                 mapped = Some(mapped_sectors * SECTOR);
             }

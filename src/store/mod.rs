@@ -158,12 +158,15 @@ impl Store {
     }
 
     /// Every volume of the pool, sorted by name. A corrupt file is an
-    /// error naming it (`dmctl check` reports such files one by one).
+    /// error naming it (`dmctl check` reports such files one by one). A
+    /// file removed between listing and reading (by a concurrent `rm`;
+    /// readers take no lock) is a volume that is gone, not an error.
     pub fn list_volumes(&self, pool: &str) -> Result<Vec<VolumeRecord>> {
-        self.volume_names(pool)?
-            .iter()
-            .map(|n| self.volume(pool, n))
-            .collect()
+        let mut out = vec![];
+        for n in self.volume_names(pool)? {
+            out.extend(self.load_volume(pool, &n)?);
+        }
+        Ok(out)
     }
 
     pub fn load_txn(&self, pool: &str) -> Result<Option<Transaction>> {
