@@ -115,8 +115,11 @@ pub fn parse_size(s: &str) -> Result<u64> {
             frac_value = frac_value * 10 + u128::from(b - b'0');
             denom *= 10;
         }
-        // frac_value < 10^30 and mult <= 2^50, so this fits in u128.
-        let scaled = frac_value * u128::from(mult);
+        // frac_value can reach 10^MAX_FRACTION_DIGITS and mult 2^50: their
+        // product may not fit in u128 (found by fuzzing), so check it.
+        let scaled = frac_value
+            .checked_mul(u128::from(mult))
+            .ok_or_else(|| invalid(s, "too many fraction digits"))?;
         if !scaled.is_multiple_of(denom) {
             return Err(invalid(s, "not a whole number of bytes"));
         }
@@ -327,5 +330,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn regression_long_fraction_with_big_unit_overflowed_u128() {
+        // fuzz/artifacts/units: 25 fraction digits times 2^50 overflowed.
+        let e = parse_size("0.0510000000000200000000002P").unwrap_err();
+        assert!(e.to_string().contains("invalid size"), "{e}");
+        assert_eq!(parse_size("1.5P").unwrap(), 3 << 49);
     }
 }
