@@ -117,6 +117,27 @@ pub fn read_json_opt<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     }
 }
 
+/// The `NAME.json` files of a directory: `(NAME, path)`, sorted by name;
+/// none if the directory does not exist. Temp files of an interrupted
+/// write (`NAME.json.tmp.PID`) do not end in `.json` and are not listed.
+pub fn json_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut out = vec![];
+    for entry in rd {
+        let entry = entry.at(dir)?;
+        let file = entry.file_name();
+        if let Some(stem) = file.to_str().and_then(|f| f.strip_suffix(".json")) {
+            out.push((stem.to_string(), entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Create `path` and any missing parents with mode 0700. The final
 /// directory is set to 0700 even if it already existed; parents that
 /// already existed are left alone.

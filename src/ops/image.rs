@@ -110,21 +110,17 @@ pub fn load_image(ctx: &Ctx, pool: &str, reference: &str) -> Result<ImageRecord>
 }
 
 pub fn list_images(ctx: &Ctx, pool: &str) -> Result<Vec<ImageRecord>> {
-    let dir = pool_path(ctx, pool, "images")?;
-    let mut out: Vec<ImageRecord> = vec![];
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    for e in rd {
-        let p = e.at(&dir)?.path();
-        if p.extension().is_some_and(|x| x == "json") {
-            out.push(fsutil::read_json(&p)?);
-        }
-    }
+    let mut out: Vec<ImageRecord> = read_records(&pool_path(ctx, pool, "images")?)?;
     out.sort_by(|a, b| a.reference.cmp(&b.reference));
     Ok(out)
+}
+
+/// Every JSON record in a directory of the pool.
+fn read_records<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>> {
+    fsutil::json_files(dir)?
+        .iter()
+        .map(|(_, path)| fsutil::read_json(path))
+        .collect()
 }
 
 /// A private mount point under the pool's directory, removed on drop
@@ -584,20 +580,7 @@ pub fn remove(ctx: &Ctx, pool: &str, reference: &str) -> Result<RemoveReport> {
 }
 
 fn list_layers(ctx: &Ctx, pool: &str) -> Result<Vec<LayerRecord>> {
-    let dir = pool_path(ctx, pool, "layers")?;
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    let mut out = vec![];
-    for e in rd {
-        let p = e.at(&dir)?.path();
-        if p.extension().is_some_and(|x| x == "json") {
-            out.push(fsutil::read_json(&p)?);
-        }
-    }
-    Ok(out)
+    read_records(&pool_path(ctx, pool, "layers")?)
 }
 
 /// `dmctl image provision POOL REF NAME [--size SIZE] [--mount DIR]`: a

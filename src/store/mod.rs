@@ -14,7 +14,7 @@
 
 pub mod model;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::fsutil::{self, LockFile};
 use crate::names::validate_name;
 use model::{PoolRecord, Transaction, VolumeRecord};
@@ -138,23 +138,11 @@ impl Store {
     /// Names of the pool's volume files, sorted (temp files of an
     /// interrupted write are not volumes).
     pub fn volume_names(&self, pool: &str) -> Result<Vec<String>> {
-        let dir = self.devices_dir(pool)?;
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(Error::io(dir, e)),
-        };
-        let mut out = vec![];
-        for entry in rd {
-            let file = entry.at(&dir)?.file_name();
-            if let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) {
-                if crate::names::is_valid_name(name) {
-                    out.push(name.to_string());
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        Ok(fsutil::json_files(&self.devices_dir(pool)?)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| crate::names::is_valid_name(name))
+            .collect())
     }
 
     /// Every volume of the pool, sorted by name. A corrupt file is an
