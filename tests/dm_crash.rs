@@ -496,6 +496,150 @@ mod dm_crash {
         common::check_invariants(&fx.d, POOL);
     }
 
+    /// A two-layer OCI image (umoci) built once per test binary run and
+    /// shared read-only by every point: `base` adds etc/base, `v2` adds
+    /// etc/top and deletes etc/base.
+    fn image_layout() -> &'static Path {
+        static LAYOUT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        LAYOUT.get_or_init(|| {
+            let work = std::env::temp_dir().join(format!("dmctl-crash-img-{}", std::process::id()));
+            let l = work.join("L");
+            let (ls, b) = (s(&l).to_string(), work.join("b"));
+            fs::create_dir_all(&work).unwrap();
+            common::run("umoci", &["init", "--layout", &ls]);
+            common::run("umoci", &["new", "--image", &format!("{ls}:base")]);
+            common::run(
+                "umoci",
+                &["unpack", "--image", &format!("{ls}:base"), s(&b)],
+            );
+            fs::create_dir_all(b.join("rootfs/etc")).unwrap();
+            fs::write(b.join("rootfs/etc/base"), "base\n").unwrap();
+            common::run(
+                "umoci",
+                &["repack", "--image", &format!("{ls}:base"), s(&b)],
+            );
+            let b2 = work.join("b2");
+            common::run(
+                "umoci",
+                &["unpack", "--image", &format!("{ls}:base"), s(&b2)],
+            );
+            fs::write(b2.join("rootfs/etc/top"), "top\n").unwrap();
+            fs::remove_file(b2.join("rootfs/etc/base")).unwrap();
+            common::run("umoci", &["repack", "--image", &format!("{ls}:v2"), s(&b2)]);
+            l
+        })
+    }
+
+    fn import_args() -> Vec<String> {
+        [
+            "image",
+            "import",
+            POOL,
+            s(image_layout()),
+            "--name",
+            "v2",
+            "--size",
+            "64M",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn with_image() -> Fixture {
+        let fx = Fixture::with_pool();
+        let args = import_args();
+        fx.d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        fx
+    }
+
+    /// The image's content, through a provisioned rootfs (removed again).
+    fn assert_image_content(fx: &Fixture, what: &str) {
+        let dir = fx.dir("cr/check");
+        fx.d.ok(&[
+            "image",
+            "provision",
+            POOL,
+            "v2",
+            "check",
+            "--mount",
+            s(&dir),
+        ]);
+        assert_eq!(
+            fs::read_to_string(dir.join("etc/top")).unwrap(),
+            "top\n",
+            "{what}"
+        );
+        assert!(!dir.join("etc/base").exists(), "{what}: whiteout applied");
+        fx.d.ok(&["rm", "cr/check", "--force"]);
+    }
+
+    fn verify_image_import(fx: &Fixture, point: &str) {
+        let args = import_args();
+        fx.d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let inspect = fx.d.json(&["image", "inspect", POOL, "v2"]);
+        assert_eq!(
+            inspect["layers"].as_array().unwrap().len(),
+            2,
+            "{point}: {inspect}"
+        );
+        assert_image_content(fx, point);
+        fx.probe();
+        common::check_invariants(&fx.d, POOL);
+    }
+
+    fn verify_provision(fx: &Fixture, point: &str) {
+        // Asking again finishes (or redoes) the interrupted provision.
+        let dir = fx.dir("cr/job");
+        fx.d.ok(&["image", "provision", POOL, "v2", "job", "--mount", s(&dir)]);
+        assert_eq!(
+            fs::read_to_string(dir.join("etc/top")).unwrap(),
+            "top\n",
+            "{point}"
+        );
+        write_synced(&dir.join("out"), b"job output\n");
+        fx.d.ok(&["rm", "cr/job", "--force"]);
+        fx.probe();
+        common::check_invariants(&fx.d, POOL);
+    }
+
+    fn with_deactivated_pool() -> Fixture {
+        let fx = Fixture::with_active_volume();
+        fx.d.ok(&["pool", "deactivate", POOL]);
+        fx
+    }
+
+    fn verify_pool_activate(fx: &Fixture, point: &str) {
+        fx.d.ok(&["pool", "activate", POOL]);
+        fx.d.ok(&["pool", "activate", POOL]);
+        fx.assert_complete(VOL, Some(DATA));
+        fx.probe();
+        common::check_invariants(&fx.d, POOL);
+        let _ = point;
+    }
+
+    fn verify_pool_destroy(fx: &Fixture, point: &str) {
+        fx.d.ok(&["pool", "destroy", POOL, "--force"]);
+        assert!(
+            fx.d.json(&["pool", "ls"]).as_array().unwrap().is_empty(),
+            "{point}"
+        );
+        let ls = common::run("dmsetup", &["--noudevsync", "ls"]);
+        assert!(
+            !ls.contains(&format!("dmctl+{POOL}")),
+            "{point}: dm devices left: {ls}"
+        );
+        let root = fs::canonicalize(fx.d.state_root()).unwrap();
+        let loops = fs::read_dir("/sys/block")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| fs::read_to_string(e.path().join("loop/backing_file")).ok())
+            .filter(|f| Path::new(f.trim()).starts_with(&root))
+            .count();
+        assert_eq!(loops, 0, "{point}: loops left under the state root");
+        // The name is free again.
+        fx.d.ok(&["pool", "create", POOL, "--data-size", "1G"]);
+    }
+
     fn with_raw_volume() -> Fixture {
         let fx = Fixture::with_pool();
         fx.d.ok(&["create", VOL, "--size", "32M", "--fs", "none"]);
@@ -506,6 +650,19 @@ mod dm_crash {
     fn every_crash_point_of_every_mutating_command_is_repaired() {
         require_dm!("every_crash_point_of_every_mutating_command_is_repaired");
         let t0 = Instant::now();
+        let import_owned = import_args();
+        let import_refs: Vec<&str> = import_owned.iter().map(String::as_str).collect();
+        let job_dir = std::env::temp_dir().join("dmctl-crash-job");
+        fs::create_dir_all(&job_dir).unwrap();
+        let provision_args = [
+            "image",
+            "provision",
+            POOL,
+            "v2",
+            "job",
+            "--mount",
+            s(&job_dir),
+        ];
         let cases = [
             Case {
                 label: "pool-create",
@@ -633,6 +790,47 @@ mod dm_crash {
                 expected: &["pool-extend:after-record"],
                 unexpected: &[],
                 verify: &verify_pool_extend,
+            },
+            Case {
+                label: "pool-activate",
+                setup: &with_deactivated_pool,
+                args: &["pool", "activate", POOL],
+                expected: &["pool-activate:after-loops", "pool-activate:after-table"],
+                unexpected: &[],
+                verify: &verify_pool_activate,
+            },
+            Case {
+                label: "pool-destroy",
+                setup: &Fixture::with_inactive_volume,
+                args: &["pool", "destroy", POOL, "--force"],
+                expected: &[
+                    "pool-destroy:after-volumes",
+                    "pool-destroy:after-pool-device",
+                ],
+                unexpected: &[],
+                verify: &verify_pool_destroy,
+            },
+            Case {
+                label: "image-import",
+                setup: &Fixture::with_pool,
+                args: &import_refs,
+                expected: &[
+                    "create:after-mkfs",
+                    "layer:after-volume",
+                    "layer:after-apply",
+                    "snapshot:after-message",
+                    "image-import:before-records",
+                ],
+                unexpected: &[],
+                verify: &verify_image_import,
+            },
+            Case {
+                label: "provision",
+                setup: &with_image,
+                args: &provision_args,
+                expected: &["snapshot:after-message", "provision:after-snapshot"],
+                unexpected: &[],
+                verify: &verify_provision,
             },
         ];
         let mut summary = vec![];

@@ -245,10 +245,12 @@ pub struct ImportRequest<'a> {
 /// Remove a layer volume left by an interrupted import (no layer record).
 fn remove_stale_layer(ctx: &Ctx, pool: &str, vol: &str) -> Result<()> {
     let v = VolumeRef::new(pool, vol)?;
-    if ctx.store.load_volume(pool, vol)?.is_some() {
-        volume::remove(ctx, &v, true)?;
+    match volume::remove(ctx, &v, true) {
+        // Absent, or a half-made create that `rm`'s own recovery just
+        // rolled back: either way it is gone.
+        Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 /// Fills a mounted layer volume (first argument) and writes the layer tar to
@@ -296,9 +298,11 @@ fn make_layer(
     }
     let blob_tmp = pool_path(ctx, pool, "blobs")?.join(format!(".{name}.tmp"));
     let made = (|| {
+        crate::crashpoint::hit("layer:after-volume");
         let mut m = TempMount::new(ctx, pool, &name)?;
         m.mount(ctx, &v, false)?;
         let (diff_id, bytes) = apply(&m.dir, &blob_tmp)?;
+        crate::crashpoint::hit("layer:after-apply");
         m.umount(ctx, &v)?;
         let blob = blob_file(ctx, pool, &diff_id)?;
         std::fs::rename(&blob_tmp, &blob).at(&blob)?;
@@ -434,6 +438,7 @@ pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
         }
         return Err(e);
     }
+    crate::crashpoint::hit("image-import:before-records");
     // Layers become visible only now that every digest checked out.
     for rec in &created {
         fsutil::write_json_atomic(&layer_file(ctx, req.pool, &rec.chain_id)?, rec)?;
@@ -601,7 +606,21 @@ pub fn provision(
         .ok_or_else(|| Error::Drift(format!("image '{reference}': top layer has no record")))?;
     let origin = VolumeRef::new(pool, &rec.volume)?;
     let new = VolumeRef::new(pool, name)?;
-    volume::snapshot(ctx, &origin, &new, size, true)?;
+    match ctx.store.load_volume(pool, name)? {
+        // A provision interrupted after its snapshot: finish it.
+        Some(v) if v.parent.as_deref() == Some(rec.volume.as_str()) && v.mountpoint.is_none() => {
+            volume::activate(ctx, &new, false)?;
+        }
+        Some(_) => {
+            return Err(Error::Exists(format!(
+                "volume '{pool}/{name}' already exists"
+            )));
+        }
+        None => {
+            volume::snapshot(ctx, &origin, &new, size, true)?;
+        }
+    }
+    crate::crashpoint::hit("provision:after-snapshot");
     if let Some(dir) = mount_at {
         if let Err(e) = volume::mount(ctx, &new, dir, false, "") {
             // Nothing half-provisioned: the snapshot goes again.

@@ -339,6 +339,7 @@ pub fn activate(ctx: &Ctx, pool: &str) -> Result<Vec<String>> {
     }
     if ctx.pool_device(&rec)?.is_none() {
         let (meta, _) = backing_devices(&rec)?;
+        crate::crashpoint::hit("pool-activate:after-loops");
         // Zeroed metadata is formatted afresh by the kernel: right for a
         // pool that never held anything, the loss of every volume for one
         // whose superblock was wiped.
@@ -351,6 +352,7 @@ pub fn activate(ctx: &Ctx, pool: &str) -> Result<Vec<String>> {
             return Err(e);
         }
         load_pool_table(ctx, &rec)?;
+        crate::crashpoint::hit("pool-activate:after-table");
         notes.push(format!("pool {pool}: activated"));
     }
     notes.extend(txn::recover(ctx, &mut rec)?);
@@ -463,7 +465,9 @@ pub fn destroy(ctx: &Ctx, pool: &str, force: bool) -> Result<()> {
         for v in &vols {
             txn::remove_thin_device(ctx, &rec, v)?;
         }
+        crate::crashpoint::hit("pool-destroy:after-volumes");
         ctx.dm()?.remove(&names::pool_dm_name(pool), false)?;
+        crate::crashpoint::hit("pool-destroy:after-pool-device");
     }
     detach_loops(&rec)?;
     if let Backing::Device { path } = &rec.meta {
