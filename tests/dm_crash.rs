@@ -602,6 +602,51 @@ mod dm_crash {
         common::check_invariants(&fx.d, POOL);
     }
 
+    /// The image imported and provisioned as `cr/job`, with the job's output
+    /// written and the volume unmounted: ready for `image commit`.
+    fn with_job() -> Fixture {
+        let fx = with_image();
+        let dir = fx.dir("cr/job");
+        fx.d.ok(&["image", "provision", POOL, "v2", "job", "--mount", s(&dir)]);
+        write_synced(&dir.join("artifact"), b"built\n");
+        fx.d.ok(&["umount", "cr/job"]);
+        fx
+    }
+
+    fn verify_image_commit(fx: &Fixture, point: &str) {
+        // Asking again finishes (or redoes) the interrupted commit.
+        fx.d.ok(&["image", "commit", "cr/job", "v3"]);
+        let inspect = fx.d.json(&["image", "inspect", POOL, "v3"]);
+        assert_eq!(
+            inspect["layers"].as_array().unwrap().len(),
+            3,
+            "{point}: {inspect}"
+        );
+        let dir = fx.dir("cr/v3check");
+        fx.d.ok(&[
+            "image",
+            "provision",
+            POOL,
+            "v3",
+            "v3check",
+            "--mount",
+            s(&dir),
+        ]);
+        assert_eq!(
+            fs::read_to_string(dir.join("artifact")).unwrap(),
+            "built\n",
+            "{point}"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("etc/top")).unwrap(),
+            "top\n",
+            "{point}"
+        );
+        fx.d.ok(&["rm", "cr/v3check", "--force"]);
+        fx.probe();
+        common::check_invariants(&fx.d, POOL);
+    }
+
     fn with_deactivated_pool() -> Fixture {
         let fx = Fixture::with_active_volume();
         fx.d.ok(&["pool", "deactivate", POOL]);
@@ -831,6 +876,14 @@ mod dm_crash {
                 expected: &["snapshot:after-message", "provision:after-snapshot"],
                 unexpected: &[],
                 verify: &verify_provision,
+            },
+            Case {
+                label: "image-commit",
+                setup: &with_job,
+                args: &["image", "commit", "cr/job", "v3"],
+                expected: &["layer:after-volume", "layer:after-apply"],
+                unexpected: &[],
+                verify: &verify_image_commit,
             },
         ];
         let mut summary = vec![];
