@@ -409,17 +409,7 @@ impl<W: Write> Differ<W> {
             // Recreated, or replacing a non-directory: opaque, full content.
             self.stats.modified += 1;
             self.flush_pending()?;
-            self.write_node(rel, upath, &ust)?;
-            self.out.write_marker(&child(rel, WH_OPAQUE))?;
-            self.pending.push(Pending {
-                rel: rel.to_vec(),
-                path: upath.to_path_buf(),
-                stat: ust,
-                emitted: true,
-            });
-            self.add_children(rel, upath)?;
-            self.pending.pop();
-            return Ok(());
+            return self.write_whole_dir(rel, upath, ust, true);
         }
         if ust.kind == FileKind::Socket {
             if lst.kind != FileKind::Socket {
@@ -486,17 +476,27 @@ impl<W: Write> Differ<W> {
         }
         self.stats.added += 1;
         self.flush_pending()?;
-        self.write_node(rel, upath, &ust)?;
         if ust.kind == FileKind::Dir {
-            self.pending.push(Pending {
-                rel: rel.to_vec(),
-                path: upath.to_path_buf(),
-                stat: ust,
-                emitted: true,
-            });
-            self.add_children(rel, upath)?;
-            self.pending.pop();
+            return self.write_whole_dir(rel, upath, ust, false);
         }
+        self.write_node(rel, upath, &ust)
+    }
+
+    /// A directory written in full: its entry, an opaque marker if it hides
+    /// the lower one, then every child (it is the pending parent of each).
+    fn write_whole_dir(&mut self, rel: &[u8], upath: &Path, ust: Stat, opaque: bool) -> Result<()> {
+        self.write_node(rel, upath, &ust)?;
+        if opaque {
+            self.out.write_marker(&child(rel, WH_OPAQUE))?;
+        }
+        self.pending.push(Pending {
+            rel: rel.to_vec(),
+            path: upath.to_path_buf(),
+            stat: ust,
+            emitted: true,
+        });
+        self.add_children(rel, upath)?;
+        self.pending.pop();
         Ok(())
     }
 
