@@ -1,6 +1,7 @@
 # Shortcuts. The tests need root and QEMU (see README.md); fuzzing needs
 # cargo-fuzz (`cargo install cargo-fuzz`) and, for the layer target, root.
 #
+#   make static                static, non-PIE release binaries in target/HOST-TRIPLE/release
 #   make test                  ./vm-tests/test-all (host tests, guest tests, power cuts)
 #   make demo                  ./vm-tests/demo
 #   make fuzz                  every fuzz target for FUZZ_SECONDS (default 60) each
@@ -18,7 +19,15 @@ FUZZ_TARGETS := status units names state_json thin_dump layer oci_digest
 CARGO_FUZZ ?= RUSTC_BOOTSTRAP=1 cargo fuzz
 CARGO_FUZZ_FLAGS ?= -a
 
-.PHONY: test demo fuzz fuzz-build $(addprefix fuzz-,$(FUZZ_TARGETS))
+.PHONY: static test demo fuzz fuzz-build $(addprefix fuzz-,$(FUZZ_TARGETS))
+
+HOST_TRIPLE := $(shell rustc -vV | sed -n 's/^host: //p')
+
+# The same flags as the guest harness (vm-tests/lib.sh); --target keeps them
+# off build scripts and proc macros, which cannot be static.
+static:
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+		cargo build --release --target $(HOST_TRIPLE) --bins
 
 test:
 	./vm-tests/test-all

@@ -34,12 +34,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+#[path = "common/bench.rs"]
+mod bench_common;
+use bench_common::{
+    first_line, fmt_ms, ms, print_builds, print_kernel_cpu_mem, spawn_cost, stats, timed,
+};
+
 const REF: &str = "bench";
 
 // ---------------------------------------------------------------- options
 
 struct Config {
     dmctl: PathBuf,
+    floor: PathBuf,
     work: PathBuf,
     mb: u64,
     layers: usize,
@@ -48,7 +55,7 @@ struct Config {
 }
 
 fn usage() -> &'static str {
-    "usage: bench_image --in-guest [--dmctl PATH] [--work DIR] [--mb 80] [--layers 3]\n\
+    "usage: bench_image --in-guest [--dmctl PATH] [--floor PATH] [--work DIR] [--mb 80] [--layers 3]\n\
      \x20      [--reps 3] [--provisions 100]\n\
      Creates loop and dm devices and mounts: run it in a throwaway guest (vm-tests/bench-image)."
 }
@@ -58,6 +65,7 @@ fn parse_args() -> Result<Config> {
     let exe_dir = exe.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut cfg = Config {
         dmctl: exe_dir.join("../dmctl"),
+        floor: exe_dir.join("floor_snapshot"),
         work: PathBuf::from("/tmp/bench-image"),
         mb: 80,
         layers: 3,
@@ -74,6 +82,7 @@ fn parse_args() -> Result<Config> {
         match a.as_str() {
             "--in-guest" => in_guest = true,
             "--dmctl" => cfg.dmctl = PathBuf::from(val()?),
+            "--floor" => cfg.floor = PathBuf::from(val()?),
             "--work" => cfg.work = PathBuf::from(val()?),
             "--mb" => cfg.mb = val()?.parse().context("--mb")?,
             "--layers" => cfg.layers = val()?.parse().context("--layers")?,
@@ -134,40 +143,8 @@ fn run_full(cmd: &mut Command) -> Result<(String, String)> {
     ))
 }
 
-fn timed(f: impl FnOnce() -> Result<()>) -> Result<Duration> {
-    let t = Instant::now();
-    f()?;
-    Ok(t.elapsed())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn fmt_ms(v: f64) -> String {
-    if v < 10.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.1}")
-    }
-}
-
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
-}
-
-/// (median, p95 by nearest rank, max) in ms.
-fn stats(samples: &[Duration]) -> (f64, f64, f64) {
-    let mut v: Vec<f64> = samples.iter().copied().map(ms).collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    let rank = ((0.95 * n as f64).ceil() as usize).clamp(1, n);
-    (median, v[rank - 1], v[n - 1])
 }
 
 fn syncfs(dir: &Path) -> Result<()> {
@@ -178,54 +155,23 @@ fn syncfs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn first_line(cmd: &mut Command) -> String {
-    cmd.stdin(Stdio::null())
-        .output()
-        .map(|o| {
-            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-            s.push_str(&String::from_utf8_lossy(&o.stderr));
-            s.lines().next().unwrap_or("").trim().to_string()
-        })
-        .unwrap_or_else(|e| format!("({e})"))
-}
-
+/// The header of the report: when, on what machine, with which tool versions
+/// and builds, and where the work files go. Results are only comparable
+/// within one boot, so the report must say all of this.
 fn describe_env(cfg: &Config) {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let date = first_line(Command::new("date").arg("-u"));
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
-    let cpus = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count();
-    let mem = fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .nth(1)
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb / 1024)
-        .unwrap_or(0);
     let overlay = fs::read_to_string("/proc/filesystems")
         .unwrap_or_default()
         .lines()
         .any(|l| l.split_whitespace().last() == Some("overlay"));
     println!("- date: {date}");
-    println!("- kernel: {}", kernel.trim());
-    println!("- cpu: {cpus} x {model}, memory {mem} MiB");
+    print_kernel_cpu_mem();
     println!(
         "- dmctl: {} ({})",
         first_line(Command::new(&cfg.dmctl).arg("--version")),
         cfg.dmctl.display()
     );
+    print_builds(&[("dmctl", &cfg.dmctl)]);
     println!(
         "- umoci: {}",
         first_line(Command::new("umoci").arg("--version"))
@@ -244,19 +190,15 @@ fn describe_env(cfg: &Config) {
     );
 }
 
-/// Median of `n` runs of a trivial command: what one process start costs.
-fn spawn_cost(n: usize, cmd: impl Fn() -> Command) -> String {
-    let mut v = vec![];
-    for _ in 0..n {
-        let mut c = cmd();
-        c.stdout(Stdio::null()).stderr(Stdio::null());
-        let t = Instant::now();
-        if c.status().is_err() {
-            return "failed".into();
-        }
-        v.push(t.elapsed());
+/// What one process start costs, for the report line: "MEDIAN / P95 ms" of
+/// `n` runs of a trivial command ([`spawn_cost`]), or "failed" if one could
+/// not be spawned (the run goes on without it).
+fn process_start(n: usize, cmd: impl Fn() -> Command) -> String {
+    let cost = spawn_cost(n, cmd);
+    if cost.error.is_some() {
+        return "failed".into();
     }
-    let (m, p, _) = stats(&v);
+    let (m, p, _) = stats(&cost.samples);
     format!("{} / {} ms", fmt_ms(m), fmt_ms(p))
 }
 
@@ -735,6 +677,93 @@ impl Bench<'_> {
     }
 }
 
+/// The kernel floor of provisioning: `floor_snapshot` sends `create_snap`
+/// of the image's top layer to dmctl's pool, creates and resumes the thin
+/// device and mounts it, in one process, with no metadata of its own. Its
+/// thin ids come from the top of the 24-bit range, far above dmctl's, and
+/// its devices are not dmctl's (no dmctl UUID); they are removed after the
+/// run.
+struct FloorProvision {
+    pool_dm: String,
+    pool_devno: String,
+    origin_id: u64,
+    sectors: u64,
+    fstype: String,
+}
+
+impl FloorProvision {
+    const FIRST_ID: u64 = 16_000_000;
+
+    fn new(b: &Bench, pool: &str) -> Result<FloorProvision> {
+        let json = |args: &[&str]| -> Result<serde_json::Value> {
+            let out = run(b.dmctl().arg("--json").args(args))?;
+            serde_json::from_str(&out).with_context(|| format!("parsing dmctl {args:?}"))
+        };
+        let img = json(&["image", "inspect", pool, REF])?;
+        let top = img["layers"]
+            .as_array()
+            .and_then(|l| l.last())
+            .and_then(|l| l["volume"].as_str())
+            .ok_or_else(|| anyhow!("image inspect: no top layer volume"))?
+            .to_string();
+        let vol = json(&["info", &format!("{pool}/{top}")])?;
+        let origin_id = vol["device_id"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("info {top}: no device_id"))?;
+        let size = vol["size"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("info {top}: no size"))?;
+        let fstype = vol["fs"].as_str().unwrap_or("ext4").to_string();
+        // dmctl names its pools' devices dmctl+POOL (names.rs); the pool's
+        // device number is in sysfs (there is no udev for /dev/mapper).
+        let pool_dm = format!("dmctl+{pool}");
+        let mut pool_devno = None;
+        for e in fs::read_dir("/sys/block")? {
+            let p = e?.path();
+            if fs::read_to_string(p.join("dm/name")).is_ok_and(|n| n.trim() == pool_dm) {
+                pool_devno = Some(fs::read_to_string(p.join("dev"))?.trim().to_string());
+            }
+        }
+        let pool_devno = pool_devno.ok_or_else(|| anyhow!("{pool_dm} not found in /sys/block"))?;
+        Ok(FloorProvision {
+            pool_dm,
+            pool_devno,
+            origin_id,
+            sectors: size / 512,
+            fstype,
+        })
+    }
+
+    fn name(i: usize) -> String {
+        format!("benchfloor{i}")
+    }
+
+    fn provision(&self, cfg: &Config, i: usize, dir: &Path) -> Result<()> {
+        run(Command::new(&cfg.floor)
+            .arg(&self.pool_dm)
+            .arg(&self.pool_devno)
+            .arg((Self::FIRST_ID + i as u64).to_string())
+            .arg(self.origin_id.to_string())
+            .arg(self.sectors.to_string())
+            .arg(Self::name(i))
+            .arg(dir)
+            .arg(&self.fstype))
+        .map(drop)
+    }
+
+    fn remove(&self, i: usize, dir: &Path) -> Result<()> {
+        run(Command::new("umount").arg(dir))?;
+        run(Command::new("dmsetup").args(["remove", &Self::name(i)]))?;
+        run(Command::new("dmsetup").args([
+            "message",
+            &self.pool_dm,
+            "0",
+            &format!("delete {}", Self::FIRST_ID + i as u64),
+        ]))
+        .map(drop)
+    }
+}
+
 fn print_trace(what: &str, stderr: &str) {
     println!("\n{what}:\n\n```");
     for l in stderr.lines() {
@@ -788,8 +817,8 @@ fn bench(cfg: &Config) -> Result<()> {
     describe_env(cfg);
     println!(
         "- process start (20 runs, median / p95): busybox true {}; dmctl --version {}",
-        spawn_cost(20, || Command::new("true")),
-        spawn_cost(20, || {
+        process_start(20, || Command::new("true")),
+        process_start(20, || {
             let mut c = Command::new(&cfg.dmctl);
             c.arg("--version");
             c
@@ -846,14 +875,32 @@ fn bench(cfg: &Config) -> Result<()> {
 
     // ----------------------------------------------------- provisioning
     println!(
-        "\n## Provisioning: {} x `dmctl image provision --mount` and {} x overlay mount, interleaved\n",
-        cfg.provisions, cfg.provisions
+        "\n## Provisioning: {} x `dmctl image provision --mount`, {} x the kernel floor \
+         (`floor_snapshot ... --mount`) and {} x overlay mount, interleaved\n",
+        cfg.provisions, cfg.provisions, cfg.provisions
     );
     let mnt = cfg.work.join("prov");
     let ov = cfg.work.join("ov");
+    let fl = cfg.work.join("floor");
+    let floor = FloorProvision::new(&b, &pool)?;
+    println!(
+        "- floor: create_snap of thin id {} (the image's top layer) in {} ({}), {} sectors, \
+         thin ids from {}, mounted as {}",
+        floor.origin_id,
+        floor.pool_dm,
+        floor.pool_devno,
+        floor.sectors,
+        FloorProvision::FIRST_ID,
+        floor.fstype
+    );
     let mut prov = vec![];
     let mut over = vec![];
+    let mut flo = vec![];
     for i in 1..=cfg.provisions {
+        let f = fl.join(i.to_string());
+        fs::create_dir_all(&f)?;
+        let d = timed(|| floor.provision(cfg, i, &f)).with_context(|| format!("floor {i}"))?;
+        flo.push(d);
         let m = mnt.join(format!("job{i}"));
         fs::create_dir_all(&m)?;
         let d = timed(|| {
@@ -899,18 +946,26 @@ fn bench(cfg: &Config) -> Result<()> {
             .join(" ")
     };
     println!("- provision samples (ms, in order): {}", fmt_all(&prov));
+    println!("- floor samples (ms, in order): {}", fmt_all(&flo));
     println!("- overlay samples (ms, in order): {}", fmt_all(&over));
 
     // Sanity: the provisioned rootfs and the overlay see the same tree.
     let a = tree_summary(&mnt.join("job1"))?;
     let o = tree_summary(&ov.join("1/merged"))?;
+    let f = tree_summary(&fl.join("1"))?;
     println!(
-        "- check: job1 has {} entries / {} of files; overlay 1 has {} / {}{}",
+        "- check: job1 has {} entries / {} of files; overlay 1 has {} / {}; floor 1 has {} / {}{}",
         a.0,
         mib(a.1),
         o.0,
         mib(o.1),
-        if a == o { " (same)" } else { " (DIFFERENT)" }
+        f.0,
+        mib(f.1),
+        if a == o && a == f {
+            " (same)"
+        } else {
+            " (DIFFERENT)"
+        }
     );
 
     // Where a provision's time goes: one more, not in the table, with -v,
@@ -949,6 +1004,9 @@ fn bench(cfg: &Config) -> Result<()> {
             .with_context(|| format!("rm job{i}"))?;
     }
     let rm_time = t.elapsed();
+    for i in 1..=cfg.provisions {
+        floor.remove(i, &fl.join(i.to_string()))?;
+    }
     let t = Instant::now();
     for i in 1..=cfg.provisions {
         run(Command::new("umount").arg(ov.join(format!("{i}/merged"))))?;
@@ -1008,6 +1066,7 @@ fn bench(cfg: &Config) -> Result<()> {
 
     let (pm, pp, px) = stats(&prov);
     let (om, op, ox) = stats(&over);
+    let (fm, fp, fx) = stats(&flo);
     println!(
         "\nProvisioning, {} each, interleaved (ms):\n",
         cfg.provisions
@@ -1021,6 +1080,12 @@ fn bench(cfg: &Config) -> Result<()> {
         fmt_ms(px)
     );
     println!(
+        "| kernel floor: create_snap + dm create + mount (one static process) | {} | {} | {} |",
+        fmt_ms(fm),
+        fmt_ms(fp),
+        fmt_ms(fx)
+    );
+    println!(
         "| mount -t overlay (fresh upper on tmpfs) | {} | {} | {} |",
         fmt_ms(om),
         fmt_ms(op),
@@ -1032,6 +1097,12 @@ fn bench(cfg: &Config) -> Result<()> {
         if pm / om < 3.0 { "met" } else { "MISSED" }
     );
     println!("- provision p95 / overlay p95: {:.2}", pp / op);
+    println!(
+        "- kernel floor p50 / overlay p50: {:.2} (what no tool that makes a thin snapshot \
+         and mounts it can beat)",
+        fm / om
+    );
+    println!("- provision p50 / kernel floor p50: {:.2}", pm / fm);
     std::io::stdout().flush()?;
     Ok(())
 }

@@ -37,6 +37,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use devicemapper::{DevId, DmName, DmOptions, DM};
 
+#[path = "common/bench.rs"]
+mod bench_common;
+use bench_common::{fmt_ms, ms, print_builds, print_kernel_cpu_mem, spawn_cost, stats, timed};
+
 /// Virtual size of every thin volume, in 512-byte sectors (64 MiB).
 const THIN_SECTORS: u64 = 131_072;
 /// Pool data size (sparse; nothing is written to it).
@@ -149,38 +153,6 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed ({}): {msg}", out.status);
     }
     Ok(())
-}
-
-fn timed(f: impl FnOnce() -> Result<()>) -> Result<Duration> {
-    let t = Instant::now();
-    f()?;
-    Ok(t.elapsed())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn fmt_ms(v: f64) -> String {
-    if v < 10.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.1}")
-    }
-}
-
-/// (median, p95) in ms; p95 by nearest rank.
-fn stats(samples: &[Duration]) -> (f64, f64) {
-    let mut v: Vec<f64> = samples.iter().copied().map(ms).collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    let rank = ((0.95 * n as f64).ceil() as usize).clamp(1, n);
-    (median, v[rank - 1])
 }
 
 /// A sparse file of `size` bytes attached to a free loop device; returns the
@@ -544,35 +516,15 @@ struct Entry {
     cells: Vec<Cell>,
 }
 
-fn describe_env() {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+/// The header of the report: when, on what machine, with which tool versions
+/// and builds. Results are only comparable within one boot, and process
+/// starts weigh heavily in them, so the report must say all of this.
+fn describe_env(cfg: &Config) {
     let date = Command::new("date")
         .arg("-u")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
-    let cpus = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count();
-    let mem = fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .nth(1)
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb / 1024)
-        .unwrap_or(0);
     let dmsetup = Command::new("dmsetup")
         .arg("version")
         .output()
@@ -595,13 +547,17 @@ fn describe_env() {
         })
         .unwrap_or_default();
     println!("- date: {date}");
-    println!("- kernel: {}", kernel.trim());
-    println!("- cpu: {cpus} x {model}, memory {mem} MiB");
+    print_kernel_cpu_mem();
     println!("- dmsetup: {dmsetup}");
     println!("- lvm: {lvm}");
+    print_builds(&[("dmctl", &cfg.dmctl), ("floor_snapshot", &cfg.floor)]);
 }
 
-fn timer_and_spawn_checks(floor: &Path) {
+/// The timer's resolution and cost, and the cost of a process start (20 runs
+/// of each probe, median / p95): every contender is timed with `Instant` and
+/// pays one or more process starts per operation, so both bound what the
+/// results can show.
+fn timer_and_spawn_checks(cfg: &Config) {
     let mut res = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -627,7 +583,7 @@ fn timer_and_spawn_checks(floor: &Path) {
         per_call.as_nanos()
     );
     // Process start cost, which every contender pays once or more per op.
-    let probes: [(&str, &Path, &[&str]); 4] = [
+    let probes: [(&str, &Path, &[&str]); 5] = [
         ("busybox `true` (static)", Path::new("true"), &[]),
         (
             "`dmsetup version` (C, dynamic, one dm ioctl)",
@@ -637,33 +593,31 @@ fn timer_and_spawn_checks(floor: &Path) {
         ("`lvm version` (C, dynamic)", Path::new("lvm"), &["version"]),
         (
             "floor_snapshot without arguments (Rust start, usage error)",
-            floor,
+            &cfg.floor,
             &[],
+        ),
+        (
+            "`dmctl --version` (Rust start, prints its version)",
+            &cfg.dmctl,
+            &["--version"],
         ),
     ];
     for (what, prog, args) in probes {
-        let mut v = Vec::new();
-        for _ in 0..20 {
-            let t = Instant::now();
-            let st = Command::new(prog)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if let Err(e) = st {
-                println!("- spawn of {what}: failed: {e}");
-                break;
-            }
-            v.push(t.elapsed());
+        let cost = spawn_cost(20, || {
+            let mut c = Command::new(prog);
+            c.args(args).stdin(Stdio::null());
+            c
+        });
+        if let Some(e) = &cost.error {
+            println!("- spawn of {what}: failed: {e}");
         }
-        if !v.is_empty() {
-            let (m, p) = stats(&v);
+        if !cost.samples.is_empty() {
+            let (m, p, _) = stats(&cost.samples);
             println!(
                 "- spawn of {what}: median {} ms, p95 {} ms ({} runs)",
                 fmt_ms(m),
                 fmt_ms(p),
-                v.len()
+                cost.samples.len()
             );
         }
     }
@@ -687,8 +641,8 @@ fn bench(cfg: &Config) -> Result<()> {
     let start = Instant::now();
     let deadline = start + cfg.budget;
     println!("# Snapshot create+activate latency (issue 3)\n");
-    describe_env();
-    timer_and_spawn_checks(&cfg.floor);
+    describe_env(cfg);
+    timer_and_spawn_checks(cfg);
     println!(
         "- per level: {} measured snapshots per contender, interleaved; budget {} s\n",
         cfg.ops,
@@ -844,7 +798,7 @@ fn bench(cfg: &Config) -> Result<()> {
             } else if e.skipped_from.is_some() {
                 Cell::Skipped
             } else {
-                let (median, p95) = stats(&samples[i]);
+                let (median, p95, _) = stats(&samples[i]);
                 let all: Vec<String> = samples[i]
                     .iter()
                     .map(|d| format!("{:.1}", ms(*d)))

@@ -7,15 +7,21 @@
 //! of its own, no locking, no udev. The origin must be inactive (or already
 //! suspended by the caller): this program does not suspend it.
 //!
+//! With MOUNT_DIR and FSTYPE it also mounts the new device there (one
+//! mount(2) of `/dev/dm-N`): the floor of provisioning a writable rootfs
+//! (`bench_image`).
+//!
 //! Usage: floor_snapshot POOL_DM_NAME POOL_MAJ:MIN NEW_ID ORIGIN_ID SECTORS NEW_DM_NAME
+//!        [MOUNT_DIR FSTYPE]
 
 use anyhow::{bail, Context, Result};
 use devicemapper::{DevId, DmName, DmOptions, DM};
 
 fn run(args: &[String]) -> Result<()> {
-    if args.len() != 6 {
+    if args.len() != 6 && args.len() != 8 {
         bail!(
-            "usage: floor_snapshot POOL_DM_NAME POOL_MAJ:MIN NEW_ID ORIGIN_ID SECTORS NEW_DM_NAME"
+            "usage: floor_snapshot POOL_DM_NAME POOL_MAJ:MIN NEW_ID ORIGIN_ID SECTORS NEW_DM_NAME \
+             [MOUNT_DIR FSTYPE]"
         );
     }
     let pool = DmName::new(&args[0]).context("pool name")?;
@@ -42,8 +48,21 @@ fn run(args: &[String]) -> Result<()> {
     )
     .with_context(|| format!("loading thin table into {name}"))?;
     // DM_DEV_SUSPEND without DM_SUSPEND = resume: makes the loaded table live.
-    dm.device_suspend(&id, DmOptions::default())
+    let info = dm
+        .device_suspend(&id, DmOptions::default())
         .with_context(|| format!("resuming {name}"))?;
+    if let [dir, fstype] = &args[6..] {
+        // devtmpfs makes the node; there is no udev to wait for.
+        let node = format!("/dev/dm-{}", info.device().minor);
+        nix::mount::mount(
+            Some(node.as_str()),
+            dir.as_str(),
+            Some(fstype.as_str()),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting {node} on {dir}"))?;
+    }
     Ok(())
 }
 

@@ -1,17 +1,17 @@
 # Guest job for vm-tests/bench: run the snapshot latency driver. The host
-# passes its repository path and the knobs on the kernel command line
-# (dmctl.repo=..., dmctl.budget=..., ...), which /init exports as DMCTL_VM_*.
+# passes the directory of the static binaries and the knobs on the kernel command line
+# (dmctl.bin=..., dmctl.budget=..., ...), which /init exports as DMCTL_VM_*.
 # The driver, floor_snapshot and dmctl are staged at their host paths.
-repo=${DMCTL_VM_REPO:?dmctl.repo= missing from the kernel command line}
-drv="$repo/target/release/examples/bench_snapshot"
+bin=${DMCTL_VM_BIN:?dmctl.bin= missing from the kernel command line}
+drv="$bin/examples/bench_snapshot"
 [ -x "$drv" ] || { echo "bench: driver $drv missing" >&2; exit 1; }
 # For LVM's target check only (see vm-tests/bench); nothing uses the target.
 [ ! -f /lib/modules/extra/dm-snapshot.ko ] || insmod /lib/modules/extra/dm-snapshot.ko ||
     echo "bench: insmod dm-snapshot failed (lvm snapshots will fail)"
 echo "DMCTL-VM: bench: $(uname -r), $(date -u)"
 set -- --in-guest \
-    --dmctl "$repo/target/release/dmctl" \
-    --floor "$repo/target/release/examples/floor_snapshot" \
+    --dmctl "$bin/dmctl" \
+    --floor "$bin/examples/floor_snapshot" \
     --work /tmp/bench-snapshot \
     --budget-secs "${DMCTL_VM_BUDGET:-600}" \
     --ops "${DMCTL_VM_OPS:-20}" \

@@ -48,6 +48,20 @@ fn dm_err(op: impl Into<String>, err: DmError) -> Error {
     }
 }
 
+/// dmctl's view of the kernel's reply to any device ioctl.
+fn dev_info(name: &str, i: &devicemapper::DeviceInfo) -> DevInfo {
+    let flags = i.flags();
+    DevInfo {
+        name: name.to_string(),
+        uuid: i.uuid().map(|u| u.to_string()),
+        devno: (i.device().major, i.device().minor),
+        open_count: i.open_count(),
+        suspended: flags.contains(DmFlags::DM_SUSPEND),
+        read_only: flags.contains(DmFlags::DM_READONLY),
+        has_live_table: flags.contains(DmFlags::DM_ACTIVE_PRESENT),
+    }
+}
+
 fn dm_name(name: &str) -> Result<&DmName> {
     DmName::new(name).map_err(|e| Error::Invalid(format!("invalid dm name '{name}': {e}")))
 }
@@ -67,18 +81,7 @@ impl Dm {
     pub fn info(&self, name: &str) -> Result<Option<DevInfo>> {
         crate::trace::step(|| format!("dm info {name}"));
         match self.dm.device_info(&DevId::Name(dm_name(name)?)) {
-            Ok(i) => {
-                let flags = i.flags();
-                Ok(Some(DevInfo {
-                    name: name.to_string(),
-                    uuid: i.uuid().map(|u| u.to_string()),
-                    devno: (i.device().major, i.device().minor),
-                    open_count: i.open_count(),
-                    suspended: flags.contains(DmFlags::DM_SUSPEND),
-                    read_only: flags.contains(DmFlags::DM_READONLY),
-                    has_live_table: flags.contains(DmFlags::DM_ACTIVE_PRESENT),
-                }))
-            }
+            Ok(i) => Ok(Some(dev_info(name, &i))),
             Err(e) if errno_of(&e) == Some(Errno::ENXIO) => Ok(None),
             Err(e) => Err(dm_err(format!("info {name}"), e)),
         }
@@ -134,12 +137,15 @@ impl Dm {
                     .device_suspend(&id, DmOptions::default())
                     .map_err(|e| dm_err(format!("resume {name}"), e))
             });
-        if let Err(e) = loaded {
-            let _ = self.dm.device_remove(&id, DmOptions::default());
-            return Err(e);
+        match loaded {
+            // The resume's reply describes the live device: no further
+            // info ioctl is needed.
+            Ok(i) => Ok(dev_info(name, &i)),
+            Err(e) => {
+                let _ = self.dm.device_remove(&id, DmOptions::default());
+                Err(e)
+            }
         }
-        self.info(name)?
-            .ok_or_else(|| Error::NotFound(format!("dm device {name} vanished after creation")))
     }
 
     /// Remove a device. The crate retries EBUSY a few times; `deferred`

@@ -617,7 +617,14 @@ pub fn provision(
             )));
         }
         None => {
-            volume::snapshot(ctx, &origin, &new, size, true)?;
+            // Snapshot, activation and mount under one lock.
+            let made = volume::snapshot_mounted(ctx, &origin, &new, size, mount_at)?;
+            if let Some(e) = made.mount_error {
+                // Nothing half-provisioned: the snapshot goes again.
+                let _ = volume::remove(ctx, &new, true);
+                return Err(e);
+            }
+            return volume::info(ctx, &new);
         }
     }
     crate::crashpoint::hit("provision:after-snapshot");

@@ -35,27 +35,42 @@ pub fn begin(ctx: &Ctx, pool: &PoolRecord, op: TxnOp) -> Result<Transaction> {
 
 /// Commit: the kernel's transaction id moves, then the JSON follows.
 pub fn commit(ctx: &Ctx, pool: &mut PoolRecord, txn: &Transaction) -> Result<()> {
+    set_transaction_id(ctx, pool, txn)?;
+    finish(ctx, pool, txn, false)
+}
+
+/// `commit` of a create whose command has already saved the complete,
+/// initialized volume record: the JSON side does not read it back.
+pub fn commit_saved(ctx: &Ctx, pool: &mut PoolRecord, txn: &Transaction) -> Result<()> {
+    set_transaction_id(ctx, pool, txn)?;
+    finish(ctx, pool, txn, true)
+}
+
+fn set_transaction_id(ctx: &Ctx, pool: &PoolRecord, txn: &Transaction) -> Result<()> {
     let old = txn.transaction_id - 1;
     ctx.pool_message(
         pool,
         &format!("set_transaction_id {old} {}", txn.transaction_id),
     )?;
     crate::crashpoint::hit("txn:after-set-transaction-id");
-    finish(ctx, pool, txn)
+    Ok(())
 }
 
-/// The JSON side of a committed transaction (idempotent).
-fn finish(ctx: &Ctx, pool: &mut PoolRecord, txn: &Transaction) -> Result<()> {
+/// The JSON side of a committed transaction (idempotent). `record_saved`:
+/// the caller wrote the created volume's final record itself.
+fn finish(ctx: &Ctx, pool: &mut PoolRecord, txn: &Transaction, record_saved: bool) -> Result<()> {
     match &txn.op {
         TxnOp::Create { volume } => {
             // The command normally wrote the complete record already; after
             // a crash it may be missing or not yet marked initialized.
-            match ctx.store.load_volume(&pool.name, &volume.name)? {
-                Some(current) if current.initialized => {}
-                current => {
-                    let mut v = current.unwrap_or_else(|| volume.clone());
-                    v.initialized = true;
-                    ctx.store.save_volume(&pool.name, &v)?;
+            if !record_saved {
+                match ctx.store.load_volume(&pool.name, &volume.name)? {
+                    Some(current) if current.initialized => {}
+                    current => {
+                        let mut v = current.unwrap_or_else(|| volume.clone());
+                        v.initialized = true;
+                        ctx.store.save_volume(&pool.name, &v)?;
+                    }
                 }
             }
             pool.next_device_id = pool.next_device_id.max(next_id(volume.device_id));
@@ -116,7 +131,7 @@ pub fn recover(ctx: &Ctx, pool: &mut PoolRecord) -> Result<Option<String>> {
         resume_origin(ctx, pool, volume)?;
     }
     if kernel == new {
-        finish(ctx, pool, &txn)?;
+        finish(ctx, pool, &txn, false)?;
         return Ok(Some(format!(
             "pool {}: finished the interrupted {what} (transaction {new})",
             pool.name

@@ -30,13 +30,22 @@ pub struct CreateRequest {
 /// Lock the pool, load it, and finish any interrupted transaction: the
 /// prologue of every mutating volume command.
 fn open_pool(ctx: &Ctx, pool: &str) -> Result<(crate::fsutil::LockFile, PoolRecord)> {
+    open_active_pool(ctx, pool).map(|(lock, rec, _)| (lock, rec))
+}
+
+/// `open_pool`, also returning the pool's dm device (for commands that
+/// create thin devices: they need its device number).
+fn open_active_pool(
+    ctx: &Ctx,
+    pool: &str,
+) -> Result<(crate::fsutil::LockFile, PoolRecord, DevInfo)> {
     let lock = ctx.store.lock_pool(pool)?;
     let mut rec = ctx.ready_pool(pool)?;
-    ctx.active_pool_device(&rec)?;
+    let pool_dev = ctx.active_pool_device(&rec)?;
     if let Some(note) = txn::recover(ctx, &mut rec)? {
         eprintln!("dmctl: {note}");
     }
-    Ok((lock, rec))
+    Ok((lock, rec, pool_dev))
 }
 
 /// The status of a pool that is to take a new thin device: a failed pool
@@ -255,7 +264,7 @@ fn new_record(pool: &PoolRecord, name: &str, size: u64) -> VolumeRecord {
 /// volume, active, formatted.
 pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
     let size = check_size(req.size)?;
-    let (_lock, mut pool) = open_pool(ctx, &req.volume.pool)?;
+    let (_lock, mut pool, pool_dev) = open_active_pool(ctx, &req.volume.pool)?;
     check_new_name(ctx, &pool, &req.volume.name)?;
     check_room(&pool, &room_status(ctx, &pool)?)?;
     let mut vol = new_record(&pool, &req.volume.name, size);
@@ -264,7 +273,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
     in_create_txn(ctx, &mut pool, vol, |pool, t| {
         let mut v = create_in_pool(ctx, pool, t, None)?;
         ctx.store.save_volume(&pool.name, &v)?;
-        let info = activate_device(ctx, pool, &v, false)?;
+        let info = activate_new_device(ctx, pool, pool_dev.devno, &v)?;
         crate::crashpoint::hit("create:after-activate");
         if let Some(fs) = v.fs {
             mkfs(fs, &devnode(&info), &req.mkfs_args)?;
@@ -273,7 +282,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
         v.initialized = true;
         ctx.store.save_volume(&pool.name, &v)?;
         t.op = TxnOp::Create { volume: v.clone() };
-        txn::commit(ctx, pool, t)?;
+        txn::commit_saved(ctx, pool, t)?;
         Ok(v)
     })
 }
@@ -314,20 +323,43 @@ pub fn snapshot(
     size: Option<u64>,
     activate: bool,
 ) -> Result<VolumeRecord> {
+    let (_lock, mut pool, pool_dev) = open_snapshot_pool(ctx, origin, new)?;
+    snapshot_locked(ctx, &mut pool, &pool_dev, origin, new, size, activate).map(|(v, _)| v)
+}
+
+/// The snapshot command's prologue: both names in one pool, locked.
+fn open_snapshot_pool(
+    ctx: &Ctx,
+    origin: &VolumeRef,
+    new: &VolumeRef,
+) -> Result<(crate::fsutil::LockFile, PoolRecord, DevInfo)> {
     if origin.pool != new.pool {
         return Err(Error::Invalid(format!(
             "a snapshot lives in its origin's pool: {origin} and {new} differ"
         )));
     }
-    let (_lock, mut pool) = open_pool(ctx, &origin.pool)?;
+    open_active_pool(ctx, &origin.pool)
+}
+
+/// `snapshot` with the pool locked by the caller. Returns the new record
+/// and, if activated, its device.
+fn snapshot_locked(
+    ctx: &Ctx,
+    pool: &mut PoolRecord,
+    pool_dev: &DevInfo,
+    origin: &VolumeRef,
+    new: &VolumeRef,
+    size: Option<u64>,
+    activate: bool,
+) -> Result<(VolumeRecord, Option<DevInfo>)> {
     let o = ctx.store.volume(&origin.pool, &origin.name)?;
     if !o.initialized {
         return Err(Error::PoolState(format!(
             "volume '{origin}' is not fully created"
         )));
     }
-    check_new_name(ctx, &pool, &new.name)?;
-    check_room(&pool, &room_status(ctx, &pool)?)?;
+    check_new_name(ctx, pool, &new.name)?;
+    check_room(pool, &room_status(ctx, pool)?)?;
     let size = match size {
         Some(s) if s < o.size => {
             return Err(Error::Invalid(format!(
@@ -339,24 +371,59 @@ pub fn snapshot(
         Some(s) => check_size(s)?,
         None => o.size,
     };
-    let mut vol = new_record(&pool, &new.name, size);
+    let mut vol = new_record(pool, &new.name, size);
     vol.parent = Some(o.name.clone());
     vol.parent_device_id = Some(o.device_id);
     vol.fs = o.fs;
     let origin_dm = ctx
-        .thin_device(&pool, &o)?
-        .map(|_| ctx.thin_dm_name(&pool, &o));
-    in_create_txn(ctx, &mut pool, vol, |pool, t| {
+        .thin_device(pool, &o)?
+        .map(|_| ctx.thin_dm_name(pool, &o));
+    let mut device = None;
+    let v = in_create_txn(ctx, pool, vol, |pool, t| {
         let mut v = create_in_pool(ctx, pool, t, origin_dm.as_deref())?;
         v.initialized = true;
         v.active = activate;
         ctx.store.save_volume(&pool.name, &v)?;
         if activate {
-            activate_device(ctx, pool, &v, false)?;
+            device = Some(activate_new_device(ctx, pool, pool_dev.devno, &v)?);
         }
         t.op = TxnOp::Create { volume: v.clone() };
-        txn::commit(ctx, pool, t)?;
+        txn::commit_saved(ctx, pool, t)?;
         Ok(v)
+    })?;
+    Ok((v, device))
+}
+
+/// What `snapshot_mounted` made: the committed snapshot and, if its mount
+/// failed, why (the snapshot then exists, active and unmounted).
+pub struct MountedSnapshot {
+    pub volume: VolumeRecord,
+    pub mount_error: Option<Error>,
+}
+
+/// An active snapshot of `origin`, mounted at `mount_at` if given, under
+/// one pool lock: what `image provision` does for a CI job. The snapshot
+/// is committed before the mount; the caller decides what a failed mount
+/// means (provision removes the snapshot again).
+pub fn snapshot_mounted(
+    ctx: &Ctx,
+    origin: &VolumeRef,
+    new: &VolumeRef,
+    size: Option<u64>,
+    mount_at: Option<&Path>,
+) -> Result<MountedSnapshot> {
+    let (_lock, mut pool, pool_dev) = open_snapshot_pool(ctx, origin, new)?;
+    let (mut volume, info) = snapshot_locked(ctx, &mut pool, &pool_dev, origin, new, size, true)?;
+    crate::crashpoint::hit("provision:after-snapshot");
+    let mount_error = match (mount_at, info) {
+        (Some(dir), Some(info)) => {
+            mount_locked(ctx, &pool, &mut volume, &info, dir, false, "").err()
+        }
+        _ => None,
+    };
+    Ok(MountedSnapshot {
+        volume,
+        mount_error,
     })
 }
 
@@ -371,10 +438,34 @@ pub fn activate_device(
         return Ok(info);
     }
     let pool_dev = ctx.active_pool_device(pool)?;
+    create_device(ctx, pool, pool_dev.devno, vol, read_only)
+}
+
+/// Activate a volume whose thin id this transaction has just created: no
+/// device of its name can be ours yet (the name was checked under the pool
+/// lock), so unlike `activate_device` it looks nothing up first. A foreign
+/// device that took the name since makes the create fail, and the
+/// transaction is undone.
+fn activate_new_device(
+    ctx: &Ctx,
+    pool: &PoolRecord,
+    pool_devno: (u32, u32),
+    vol: &VolumeRecord,
+) -> Result<DevInfo> {
+    create_device(ctx, pool, pool_devno, vol, false)
+}
+
+fn create_device(
+    ctx: &Ctx,
+    pool: &PoolRecord,
+    pool_devno: (u32, u32),
+    vol: &VolumeRecord,
+    read_only: bool,
+) -> Result<DevInfo> {
     let info = ctx.dm()?.create(
         &ctx.thin_dm_name(pool, vol),
         &names::thin_dm_uuid(&pool.uuid, vol.device_id),
-        &thin_table(pool_dev.devno, vol.device_id, vol.size),
+        &thin_table(pool_devno, vol.device_id, vol.size),
         read_only,
     )?;
     blockdev::wait_for_node(&devnode(&info), info.devno)?;
@@ -453,9 +544,33 @@ pub fn mount(
 ) -> Result<PathBuf> {
     let (_lock, pool) = open_pool(ctx, &v.pool)?;
     let mut vol = ctx.store.volume(&v.pool, &v.name)?;
+    let was_active = ctx.thin_device(&pool, &vol)?;
+    let info = match &was_active {
+        Some(info) => info.clone(),
+        None => activate_device(ctx, &pool, &vol, vol.read_only)?,
+    };
+    let mounted = mount_locked(ctx, &pool, &mut vol, &info, dir, read_only, options);
+    if mounted.is_err() && was_active.is_none() {
+        let _ = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false);
+    }
+    mounted
+}
+
+/// Mount an active volume (`info` is its device) and record the mount
+/// point; the pool is locked by the caller.
+fn mount_locked(
+    ctx: &Ctx,
+    pool: &PoolRecord,
+    vol: &mut VolumeRecord,
+    info: &DevInfo,
+    dir: &Path,
+    read_only: bool,
+    options: &str,
+) -> Result<PathBuf> {
     let fs = vol.fs.ok_or_else(|| {
         Error::Invalid(format!(
-            "volume '{v}' has no filesystem (created with --fs none)"
+            "volume '{}/{}' has no filesystem (created with --fs none)",
+            pool.name, vol.name
         ))
     })?;
     let dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
@@ -465,8 +580,6 @@ pub fn mount(
             dir.display()
         )));
     }
-    let was_active = ctx.thin_device(&pool, &vol)?.is_some();
-    let info = activate_device(ctx, &pool, &vol, vol.read_only)?;
     if mount::mountpoints_of(info.devno)?.contains(&dir) {
         return Ok(dir);
     }
@@ -479,21 +592,16 @@ pub fn mount(
             format!("{opts},nouuid")
         };
     }
-    if let Err(e) = mount::mount(
-        &devnode(&info),
+    mount::mount(
+        &devnode(info),
         &dir,
         fs.as_str(),
         read_only || vol.read_only,
         &opts,
-    ) {
-        if !was_active {
-            let _ = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false);
-        }
-        return Err(e);
-    }
+    )?;
     vol.active = true;
     vol.mountpoint = Some(dir.clone());
-    ctx.store.save_volume(&pool.name, &vol)?;
+    ctx.store.save_volume(&pool.name, vol)?;
     Ok(dir)
 }
 
