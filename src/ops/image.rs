@@ -201,25 +201,155 @@ impl Progress {
     }
 }
 
-/// A reader that copies what it reads into a file and reports progress.
-struct Tee<'a, R> {
-    inner: R,
+/// Chunks of a layer's uncompressed tar, from the decoding thread to the
+/// applying one.
+const CHUNK: usize = 256 << 10;
+
+/// How many chunks may wait between the two threads (2 MiB).
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// The applying side of the import pipeline: a `Read` over the chunks the
+/// decoding thread sends. It also writes each chunk to the blob's copy (the
+/// decoder, which decompresses and hashes twice, is the busier thread) and
+/// reports progress.
+struct ChunkReader<'a> {
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
     copy: std::fs::File,
+    chunk: Vec<u8>,
+    at: usize,
     bytes: u64,
     progress: &'a Progress,
     layer: usize,
+    /// Time spent waiting for the decoder (for `-v`).
+    waited: std::time::Duration,
 }
 
-impl<R: Read> Read for Tee<'_, R> {
+impl Read for ChunkReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
+        while self.at == self.chunk.len() {
+            let t = std::time::Instant::now();
+            let got = self.chunks.recv();
+            self.waited += t.elapsed();
+            match got {
+                Ok(c) => {
+                    self.copy.write_all(&c).map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("writing the layer's copy in blobs/: {e}"),
+                        )
+                    })?;
+                    (self.chunk, self.at) = (c, 0);
+                }
+                // The decoder ended (end of stream or an error it reports
+                // itself when joined).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
         self.bytes += n as u64;
-        if n > 0 && self.bytes % (8 << 20) < n as u64 {
+        if self.bytes % (8 << 20) < n as u64 {
             self.progress.show(self.layer, self.bytes);
         }
         Ok(n)
     }
+}
+
+/// Apply one layer into `root` while a second thread reads the blob,
+/// hashes it, decompresses it, hashes the tar and writes its copy to
+/// `blob_tmp`: the two halves of the work run on two CPUs, as `gzip -dc |
+/// tar -x` does. Returns the uncompressed size once both digests are
+/// verified.
+fn apply_pipelined(
+    root: &Path,
+    reader: oci::LayerReader,
+    blob_tmp: &Path,
+    progress: &Progress,
+    layer: usize,
+) -> Result<u64> {
+    let copy = std::fs::File::create(blob_tmp).at(blob_tmp)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let decoder = scope.spawn(move || -> Result<(u64, std::time::Duration)> {
+            let mut reader = reader;
+            let mut reading = Ok(());
+            let mut waited = std::time::Duration::ZERO;
+            loop {
+                let mut chunk = vec![0u8; CHUNK];
+                let n = match reader.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        reading = Err(Error::io(blob_tmp, e));
+                        break;
+                    }
+                };
+                chunk.truncate(n);
+                let t = std::time::Instant::now();
+                let sent = tx.send(chunk);
+                waited += t.elapsed();
+                if sent.is_err() {
+                    // The applier stopped early; finish() below still
+                    // drains the stream and checks the digests.
+                    break;
+                }
+            }
+            drop(tx);
+            // Check both digests even after a read error: a corrupt blob
+            // usually also breaks the stream, and the digest is then the
+            // error worth reporting.
+            let verified = reader.finish();
+            let bytes = match (verified, reading) {
+                (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+                (Ok(bytes), Ok(())) => bytes,
+            };
+            Ok((bytes, waited))
+        });
+        let mut chunks = ChunkReader {
+            chunks: rx,
+            copy,
+            chunk: vec![],
+            at: 0,
+            bytes: 0,
+            progress,
+            layer,
+            waited: std::time::Duration::ZERO,
+        };
+        let started = std::time::Instant::now();
+        let applied = layer::apply_layer(root, &mut chunks);
+        // The tar reader stops at the end-of-archive marker; the rest of
+        // the stream still belongs to the blob and the digest.
+        let drained = std::io::copy(&mut chunks, &mut std::io::sink());
+        let applier_waited = chunks.waited;
+        let copied = chunks.copy.sync_all();
+        drop(chunks);
+        let verified = decoder.join().unwrap_or_else(|_| {
+            Err(Error::io(
+                blob_tmp,
+                std::io::Error::other("layer decoder panicked"),
+            ))
+        });
+        if let Ok((_, decoder_waited)) = &verified {
+            // Which half is the bottleneck: the one that waits less.
+            crate::trace::step(|| {
+                format!(
+                    "layer {}: applied in {:.0} ms; the applier waited {:.0} ms for data, \
+                     the decoder {:.0} ms for the applier",
+                    layer + 1,
+                    started.elapsed().as_secs_f64() * 1e3,
+                    applier_waited.as_secs_f64() * 1e3,
+                    decoder_waited.as_secs_f64() * 1e3
+                )
+            });
+        }
+        match (applied, drained, verified) {
+            (_, _, Err(e)) => Err(e),
+            (Err(e), _, _) => Err(e),
+            (_, Err(e), _) => Err(Error::io(blob_tmp, e)),
+            (Ok(_), Ok(_), Ok((bytes, _))) => copied.at(blob_tmp).map(|()| bytes),
+        }
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -387,29 +517,7 @@ pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
             }
             let mut apply = |root: &Path, blob_tmp: &Path| -> Result<(Digest, u64)> {
                 let reader = img.open_layer(i)?;
-                let copy = std::fs::File::create(blob_tmp).at(blob_tmp)?;
-                let mut tee = Tee {
-                    inner: reader,
-                    copy,
-                    bytes: 0,
-                    progress: &progress,
-                    layer: i,
-                };
-                let applied = layer::apply_layer(root, &mut tee);
-                // The tar reader stops at the end-of-archive marker; the
-                // rest of the stream still belongs to the blob and the digest.
-                let drained = std::io::copy(&mut tee, &mut std::io::sink());
-                let Tee { inner, copy, .. } = tee;
-                // Check both digests. A corrupt blob usually also breaks
-                // the tar, and the digest is then the error worth reporting.
-                let verified = inner.finish();
-                let bytes = match (applied, drained, verified) {
-                    (_, _, Err(e)) => return Err(e),
-                    (Err(e), _, _) => return Err(e),
-                    (_, Err(e), _) => return Err(Error::io(blob_tmp, e)),
-                    (Ok(_), Ok(_), Ok(bytes)) => bytes,
-                };
-                copy.sync_all().at(blob_tmp)?;
+                let bytes = apply_pipelined(root, reader, blob_tmp, &progress, i)?;
                 progress.show(i, bytes);
                 Ok((l.diff_id.clone(), bytes))
             };
