@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -80,6 +80,15 @@ pub fn discard(dev: &Path, offset: u64, len: u64) -> Result<()> {
         return Ok(());
     }
     let file = OpenOptions::new().write(true).open(dev).at(dev)?;
+    discard_open(&file, dev, offset, len)
+}
+
+/// `discard` through a device the caller has open (`dev` names it in
+/// errors).
+pub fn discard_open(file: &File, dev: &Path, offset: u64, len: u64) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
     let range = [offset, len];
     // SAFETY: the fd is open and `range` outlives the call.
     match unsafe { blkdiscard(file.as_raw_fd(), &range) } {
@@ -93,6 +102,17 @@ pub fn discard(dev: &Path, offset: u64, len: u64) -> Result<()> {
             ),
         )),
     }
+}
+
+/// Open a block device for writing with `O_EXCL`: the kernel refuses
+/// (EBUSY) while it is mounted or another exclusive opener holds it, and
+/// no one can mount it while the returned file is open.
+pub fn claim(dev: &Path) -> std::result::Result<File, Errno> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+        .open(dev)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// Write `len` zero bytes at offset 0 of `path` (a file or a block device,

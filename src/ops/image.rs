@@ -732,6 +732,9 @@ pub fn provision(
                 let _ = volume::remove(ctx, &new, true);
                 return Err(e);
             }
+            if let Some(report) = made.report {
+                return Ok(report);
+            }
             return volume::info(ctx, &new);
         }
     }

@@ -394,10 +394,11 @@ fn snapshot_locked(
     Ok((v, device))
 }
 
-/// What `snapshot_mounted` made: the committed snapshot and, if its mount
-/// failed, why (the snapshot then exists, active and unmounted).
+/// What `snapshot_mounted` made: the report of the committed snapshot or,
+/// if its mount failed, why (the snapshot then exists, active and
+/// unmounted).
 pub struct MountedSnapshot {
-    pub volume: VolumeRecord,
+    pub report: Option<VolumeReport>,
     pub mount_error: Option<Error>,
 }
 
@@ -415,15 +416,27 @@ pub fn snapshot_mounted(
     let (_lock, mut pool, pool_dev) = open_snapshot_pool(ctx, origin, new)?;
     let (mut volume, info) = snapshot_locked(ctx, &mut pool, &pool_dev, origin, new, size, true)?;
     crate::crashpoint::hit("provision:after-snapshot");
-    let mount_error = match (mount_at, info) {
-        (Some(dir), Some(info)) => {
-            mount_locked(ctx, &pool, &mut volume, &info, dir, false, "").err()
-        }
-        _ => None,
+    let Some(info) = info else {
+        return Ok(MountedSnapshot {
+            report: None,
+            mount_error: None,
+        });
     };
+    let mut mountpoint = None;
+    if let Some(dir) = mount_at {
+        match mount_locked(ctx, &pool, &mut volume, &info, dir, false, "", true) {
+            Ok(mp) => mountpoint = Some(mp),
+            Err(e) => {
+                return Ok(MountedSnapshot {
+                    report: None,
+                    mount_error: Some(e),
+                })
+            }
+        }
+    }
     Ok(MountedSnapshot {
-        volume,
-        mount_error,
+        report: Some(report_fresh(ctx, &pool, volume, &info, mountpoint)?),
+        mount_error: None,
     })
 }
 
@@ -549,7 +562,7 @@ pub fn mount(
         Some(info) => info.clone(),
         None => activate_device(ctx, &pool, &vol, vol.read_only)?,
     };
-    let mounted = mount_locked(ctx, &pool, &mut vol, &info, dir, read_only, options);
+    let mounted = mount_locked(ctx, &pool, &mut vol, &info, dir, read_only, options, false);
     if mounted.is_err() && was_active.is_none() {
         let _ = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false);
     }
@@ -557,7 +570,10 @@ pub fn mount(
 }
 
 /// Mount an active volume (`info` is its device) and record the mount
-/// point; the pool is locked by the caller.
+/// point; the pool is locked by the caller. `fresh`: the device was created
+/// by this command, so it cannot be mounted yet and the mount table (which
+/// grows with every mount on the host) is not read.
+#[allow(clippy::too_many_arguments)]
 fn mount_locked(
     ctx: &Ctx,
     pool: &PoolRecord,
@@ -566,6 +582,7 @@ fn mount_locked(
     dir: &Path,
     read_only: bool,
     options: &str,
+    fresh: bool,
 ) -> Result<PathBuf> {
     let fs = vol.fs.ok_or_else(|| {
         Error::Invalid(format!(
@@ -580,7 +597,7 @@ fn mount_locked(
             dir.display()
         )));
     }
-    if mount::mountpoints_of(info.devno)?.contains(&dir) {
+    if !fresh && mount::mountpoints_of(info.devno)?.contains(&dir) {
         return Ok(dir);
     }
     let mut opts = options.to_string();
@@ -679,38 +696,60 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
                 ));
             }
         }
-        // The kernel refuses to remove an open device (EBUSY), atomically:
-        // the one reliable test that nothing holds it. Nothing has changed
-        // yet if it does (the discard below would destroy a holder's data).
-        if let Err(e) = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false) {
-            return Err(match e {
-                Error::Busy(_) => busy(v, info, None, open_msg),
-                e => e,
-            });
-        }
     }
+    // Claim the active device: O_EXCL fails while anything still has it
+    // mounted or claimed, and once we hold it nothing can mount it; then
+    // the kernel's open count must be ours alone. Nothing has changed yet
+    // if it is not (the discard below would destroy a holder's data).
+    let claimed = match &was_active {
+        Some(info) => {
+            let node = devnode(info);
+            let file = match blockdev::claim(&node) {
+                Ok(f) => f,
+                Err(Errno::EBUSY) => return Err(busy(v, info, None, open_msg)),
+                Err(e) => return Err(Error::io(&node, e.into())),
+            };
+            match ctx.thin_device(&pool, &vol)? {
+                Some(now) if now.open_count <= 1 => {}
+                Some(now) => return Err(busy(v, &now, None, open_msg)),
+                None => {
+                    return Err(Error::Busy(format!(
+                        "volume '{v}' was deactivated by someone else meanwhile; run rm again"
+                    )))
+                }
+            }
+            Some((file, node))
+        }
+        None => None,
+    };
     let t = txn::begin(
         ctx,
         &pool,
         TxnOp::Delete {
             volume: vol.clone(),
         },
-    );
-    let t = match t {
-        Ok(t) => t,
-        Err(e) => {
-            if was_active.is_some() {
-                activate_device(ctx, &pool, &vol, vol.read_only)?;
-            }
-            return Err(e);
-        }
-    };
+    )?;
+    // Discard the blocks (so a loop file shrinks) through the claimed
+    // device, or through a device made for it, then remove the device: the
+    // kernel refuses (EBUSY) if anyone opened it meanwhile.
     let undone = (|| -> Result<()> {
-        let info = activate_device(ctx, &pool, &vol, false)?;
-        blockdev::discard(&devnode(&info), 0, vol.size)?;
+        let (file, node) = match claimed {
+            Some(held) => held,
+            None => {
+                let info = activate_device(ctx, &pool, &vol, false)?;
+                let node = devnode(&info);
+                let file = blockdev::claim(&node).map_err(|e| Error::io(&node, e.into()))?;
+                (file, node)
+            }
+        };
+        blockdev::discard_open(&file, &node, 0, vol.size)?;
+        drop(file);
         if let Err(e) = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false) {
             return Err(match e {
-                Error::Busy(_) => busy(v, &info, None, open_msg),
+                Error::Busy(_) => match ctx.thin_device(&pool, &vol)? {
+                    Some(info) => busy(v, &info, None, open_msg),
+                    None => e,
+                },
                 e => e,
             });
         }
@@ -835,25 +874,53 @@ fn report(
     } else {
         None
     };
-    let (mut node, mut mountpoint, mut mapped) = (None, None, None);
+    let (mut mountpoint, mut mapped) = (None, None);
     if let Some(info) = &info {
-        node = Some(devnode(info));
         mountpoint = first_mountpoint(info)?;
         // Another process may remove the device meanwhile (ls and info
         // take no lock): a device gone since is simply not active.
-        let lines = match ctx.dm()?.status(&ctx.thin_dm_name(pool, &vol)) {
-            Ok(lines) => lines,
-            Err(_) if ctx.thin_device(pool, &vol)?.is_none() => vec![],
+        mapped = match mapped_bytes(ctx, pool, &vol) {
+            Ok(m) => m,
+            Err(_) if ctx.thin_device(pool, &vol)?.is_none() => None,
             Err(e) => return Err(e),
         };
-        if let Some(line) = lines.first() {
-            if let ThinStatus::Active { mapped_sectors, .. } = parse_thin_status(&line.3)? {
-                mapped = Some(mapped_sectors * SECTOR);
-            }
+    }
+    Ok(build_report(pool, vol, info.as_ref(), mountpoint, mapped))
+}
+
+/// The report of a volume this command has just activated (and mounted at
+/// `mountpoint`): what it knows is not looked up again.
+fn report_fresh(
+    ctx: &Ctx,
+    pool: &PoolRecord,
+    vol: VolumeRecord,
+    info: &DevInfo,
+    mountpoint: Option<PathBuf>,
+) -> Result<VolumeReport> {
+    let mapped = mapped_bytes(ctx, pool, &vol)?;
+    Ok(build_report(pool, vol, Some(info), mountpoint, mapped))
+}
+
+/// Bytes the thin device maps, from its status line.
+fn mapped_bytes(ctx: &Ctx, pool: &PoolRecord, vol: &VolumeRecord) -> Result<Option<u64>> {
+    let lines = ctx.dm()?.status(&ctx.thin_dm_name(pool, vol))?;
+    if let Some(line) = lines.first() {
+        if let ThinStatus::Active { mapped_sectors, .. } = parse_thin_status(&line.3)? {
+            return Ok(Some(mapped_sectors * SECTOR));
         }
     }
-    Ok(VolumeReport {
-        dm_name: ctx.thin_dm_name(pool, &vol),
+    Ok(None)
+}
+
+fn build_report(
+    pool: &PoolRecord,
+    vol: VolumeRecord,
+    info: Option<&DevInfo>,
+    mountpoint: Option<PathBuf>,
+    mapped: Option<u64>,
+) -> VolumeReport {
+    VolumeReport {
+        dm_name: names::thin_dm_name(&pool.name, &vol.name),
         pool: pool.name.clone(),
         device_id: vol.device_id,
         size: vol.size,
@@ -862,13 +929,13 @@ fn report(
         initialized: vol.initialized,
         active: info.is_some(),
         read_only: vol.read_only,
-        devnode: node,
+        devnode: info.map(devnode),
         mountpoint,
         fs: vol.fs,
         mapped_bytes: mapped,
         created: vol.created,
         name: vol.name,
-    })
+    }
 }
 
 fn pool_is_active(ctx: &Ctx, pool: &PoolRecord) -> Result<bool> {
