@@ -21,13 +21,9 @@ CARGO_FUZZ_FLAGS ?= -a
 
 .PHONY: static test demo fuzz fuzz-build $(addprefix fuzz-,$(FUZZ_TARGETS))
 
-HOST_TRIPLE := $(shell rustc -vV | sed -n 's/^host: //p')
-
-# The same flags as the guest harness (vm-tests/lib.sh); --target keeps them
-# off build scripts and proc macros, which cannot be static.
+# The same build as the guest harness's (vm-tests/cargo-static).
 static:
-	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
-		cargo build --release --target $(HOST_TRIPLE) --bins
+	./vm-tests/cargo-static build --bins
 
 test:
 	./vm-tests/test-all

@@ -29,7 +29,7 @@ use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -37,7 +37,8 @@ use anyhow::{anyhow, bail, Context, Result};
 #[path = "common/bench.rs"]
 mod bench_common;
 use bench_common::{
-    first_line, fmt_ms, ms, print_builds, print_kernel_cpu_mem, spawn_cost, stats, timed,
+    first_line, fmt_ms, ms, print_builds, print_kernel_cpu_mem, run_output, spawn_cost, stats,
+    timed,
 };
 
 const REF: &str = "bench";
@@ -114,33 +115,7 @@ fn run(cmd: &mut Command) -> Result<String> {
 /// Run a command to completion; its stdout and stderr, or an error with its
 /// stderr.
 fn run_full(cmd: &mut Command) -> Result<(String, String)> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("spawning {cmd:?}"))?;
-    if !out.status.success() {
-        let mut msg = String::from_utf8_lossy(&out.stderr)
-            .trim()
-            .replace('\n', " | ");
-        if msg.is_empty() {
-            msg = String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .replace('\n', " | ");
-        }
-        if msg.len() > 800 {
-            let mut cut = 800;
-            while !msg.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            msg.truncate(cut);
-            msg.push_str(" ...");
-        }
-        bail!("{cmd:?} failed ({}): {msg}", out.status);
-    }
-    Ok((
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    run_output(cmd, 800)
 }
 
 fn mib(bytes: u64) -> String {

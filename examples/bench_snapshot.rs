@@ -39,7 +39,9 @@ use devicemapper::{DevId, DmName, DmOptions, DM};
 
 #[path = "common/bench.rs"]
 mod bench_common;
-use bench_common::{fmt_ms, ms, print_builds, print_kernel_cpu_mem, spawn_cost, stats, timed};
+use bench_common::{
+    fmt_ms, ms, print_builds, print_kernel_cpu_mem, run_output, spawn_cost, stats, timed,
+};
 
 /// Virtual size of every thin volume, in 512-byte sectors (64 MiB).
 const THIN_SECTORS: u64 = 131_072;
@@ -129,30 +131,7 @@ fn parse_args() -> Result<Config> {
 
 /// Run a command to completion; on failure, an error with its stderr.
 fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("spawning {cmd:?}"))?;
-    if !out.status.success() {
-        let mut msg = String::from_utf8_lossy(&out.stderr)
-            .trim()
-            .replace('\n', " | ");
-        if msg.is_empty() {
-            msg = String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .replace('\n', " | ");
-        }
-        if msg.len() > 600 {
-            let mut cut = 600;
-            while !msg.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            msg.truncate(cut);
-            msg.push_str(" ...");
-        }
-        bail!("{cmd:?} failed ({}): {msg}", out.status);
-    }
-    Ok(())
+    run_output(cmd, 600).map(drop)
 }
 
 /// A sparse file of `size` bytes attached to a free loop device; returns the

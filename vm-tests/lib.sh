@@ -42,19 +42,11 @@ GUEST_PROGRAMS="/usr/sbin/mke2fs /usr/sbin/mkfs.ext4 /usr/sbin/e2fsck /usr/sbin/
 /usr/bin/sha256sum /usr/bin/umoci"
 GUEST_FILES="/etc/mke2fs.conf"
 
-# The guest runs static, non-PIE builds of the project (`make static`): under
-# QEMU/TCG a dynamically linked PIE pays the dynamic loader and, because ASLR
-# moves its code on every run, a fresh translation of every code block it
-# touches: ~55-70 ms per process start, against ~12 ms static and non-PIE
-# (measured in the guest, docs/benchmarks.md). The floor and every other
-# project binary are built the same way, so comparisons stay fair. --target
-# keeps the flags off build scripts and proc macros (which cannot be static).
+# The guest runs static, non-PIE builds of the project, every binary of it
+# the floors included, so comparisons stay fair: see vm-tests/cargo-static.
 HOST_TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN_DIR="$REPO_DIR/target/$HOST_TRIPLE/release"
-STATIC_RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static"
-cargo_static() {
-    (cd "$REPO_DIR" && RUSTFLAGS="$STATIC_RUSTFLAGS" cargo "$@" --release --target "$HOST_TRIPLE")
-}
+cargo_static() { "$VM_DIR/cargo-static" "$@"; }
 
 log() { printf 'vm-tests: %s\n' "$*" >&2; }
 die() { printf 'vm-tests: error: %s\n' "$*" >&2; exit 1; }

@@ -1,6 +1,6 @@
 //! Helpers shared by the benchmark drivers `bench_snapshot` and `bench_image`
-//! (see docs/benchmarks.md): timing, statistics, process-start cost and the
-//! common lines of the environment report.
+//! (see docs/benchmarks.md): running commands, timing, statistics,
+//! process-start cost and the common lines of the environment report.
 //!
 //! Each driver includes this file with
 //! `#[path = "common/bench.rs"] mod bench_common;`. It lives in a
@@ -14,7 +14,42 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+
+// ------------------------------------------------------------ running
+
+/// Run a command to completion (stdin from /dev/null): its stdout and
+/// stderr, or an error naming the command with its stderr (else its
+/// stdout) on one line, cut at `max_msg` bytes so a report stays readable.
+pub fn run_output(cmd: &mut Command, max_msg: usize) -> Result<(String, String)> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        let mut msg = String::from_utf8_lossy(&out.stderr)
+            .trim()
+            .replace('\n', " | ");
+        if msg.is_empty() {
+            msg = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .replace('\n', " | ");
+        }
+        if msg.len() > max_msg {
+            let mut cut = max_msg;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg.truncate(cut);
+            msg.push_str(" ...");
+        }
+        bail!("{cmd:?} failed ({}): {msg}", out.status);
+    }
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
 
 // ------------------------------------------------------- timing, statistics
 
