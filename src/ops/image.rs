@@ -726,16 +726,14 @@ pub fn provision(
         }
         None => {
             // Snapshot, activation and mount under one lock.
-            let made = volume::snapshot_mounted(ctx, &origin, &new, size, mount_at)?;
-            if let Some(e) = made.mount_error {
-                // Nothing half-provisioned: the snapshot goes again.
-                let _ = volume::remove(ctx, &new, true);
-                return Err(e);
-            }
-            if let Some(report) = made.report {
-                return Ok(report);
-            }
-            return volume::info(ctx, &new);
+            return match volume::snapshot_mounted(ctx, &origin, &new, size, mount_at)? {
+                volume::MountedSnapshot::Ready(report) => Ok(report),
+                volume::MountedSnapshot::MountFailed(e) => {
+                    // Nothing half-provisioned: the snapshot goes again.
+                    let _ = volume::remove(ctx, &new, true);
+                    Err(e)
+                }
+            };
         }
     }
     crate::crashpoint::hit("provision:after-snapshot");

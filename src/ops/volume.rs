@@ -273,7 +273,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
     in_create_txn(ctx, &mut pool, vol, |pool, t| {
         let mut v = create_in_pool(ctx, pool, t, None)?;
         ctx.store.save_volume(&pool.name, &v)?;
-        let info = activate_new_device(ctx, pool, pool_dev.devno, &v)?;
+        let info = create_device(ctx, pool, pool_dev.devno, &v, false)?;
         crate::crashpoint::hit("create:after-activate");
         if let Some(fs) = v.fs {
             mkfs(fs, &devnode(&info), &req.mkfs_args)?;
@@ -385,7 +385,7 @@ fn snapshot_locked(
         v.active = activate;
         ctx.store.save_volume(&pool.name, &v)?;
         if activate {
-            device = Some(activate_new_device(ctx, pool, pool_dev.devno, &v)?);
+            device = Some(create_device(ctx, pool, pool_dev.devno, &v, false)?);
         }
         t.op = TxnOp::Create { volume: v.clone() };
         txn::commit_saved(ctx, pool, t)?;
@@ -394,12 +394,12 @@ fn snapshot_locked(
     Ok((v, device))
 }
 
-/// What `snapshot_mounted` made: the report of the committed snapshot or,
-/// if its mount failed, why (the snapshot then exists, active and
-/// unmounted).
-pub struct MountedSnapshot {
-    pub report: Option<VolumeReport>,
-    pub mount_error: Option<Error>,
+/// What `snapshot_mounted` made.
+pub enum MountedSnapshot {
+    /// The committed snapshot, active and (if asked) mounted.
+    Ready(VolumeReport),
+    /// The snapshot is committed and active, but its mount failed.
+    MountFailed(Error),
 }
 
 /// An active snapshot of `origin`, mounted at `mount_at` if given, under
@@ -416,28 +416,17 @@ pub fn snapshot_mounted(
     let (_lock, mut pool, pool_dev) = open_snapshot_pool(ctx, origin, new)?;
     let (mut volume, info) = snapshot_locked(ctx, &mut pool, &pool_dev, origin, new, size, true)?;
     crate::crashpoint::hit("provision:after-snapshot");
-    let Some(info) = info else {
-        return Ok(MountedSnapshot {
-            report: None,
-            mount_error: None,
-        });
-    };
+    let info = info
+        .ok_or_else(|| Error::Drift(format!("snapshot '{new}' was activated but has no device")))?;
     let mut mountpoint = None;
     if let Some(dir) = mount_at {
         match mount_locked(ctx, &pool, &mut volume, &info, dir, false, "", true) {
             Ok(mp) => mountpoint = Some(mp),
-            Err(e) => {
-                return Ok(MountedSnapshot {
-                    report: None,
-                    mount_error: Some(e),
-                })
-            }
+            Err(e) => return Ok(MountedSnapshot::MountFailed(e)),
         }
     }
-    Ok(MountedSnapshot {
-        report: Some(report_fresh(ctx, &pool, volume, &info, mountpoint)?),
-        mount_error: None,
-    })
+    let report = report_fresh(ctx, &pool, volume, &info, mountpoint)?;
+    Ok(MountedSnapshot::Ready(report))
 }
 
 /// Create the volume's dm device (no-op if it exists).
@@ -454,20 +443,11 @@ pub fn activate_device(
     create_device(ctx, pool, pool_dev.devno, vol, read_only)
 }
 
-/// Activate a volume whose thin id this transaction has just created: no
-/// device of its name can be ours yet (the name was checked under the pool
-/// lock), so unlike `activate_device` it looks nothing up first. A foreign
-/// device that took the name since makes the create fail, and the
-/// transaction is undone.
-fn activate_new_device(
-    ctx: &Ctx,
-    pool: &PoolRecord,
-    pool_devno: (u32, u32),
-    vol: &VolumeRecord,
-) -> Result<DevInfo> {
-    create_device(ctx, pool, pool_devno, vol, false)
-}
-
+/// Create the volume's dm device on the pool `pool_devno`, looking nothing
+/// up first. Called directly for a thin id that this transaction has just
+/// created: no device of its name can be ours yet (the name was checked
+/// under the pool lock), and a foreign device that took the name since
+/// makes the create fail, and the transaction is undone.
 fn create_device(
     ctx: &Ctx,
     pool: &PoolRecord,
@@ -555,12 +535,12 @@ pub fn mount(
     read_only: bool,
     options: &str,
 ) -> Result<PathBuf> {
-    let (_lock, pool) = open_pool(ctx, &v.pool)?;
+    let (_lock, pool, pool_dev) = open_active_pool(ctx, &v.pool)?;
     let mut vol = ctx.store.volume(&v.pool, &v.name)?;
     let was_active = ctx.thin_device(&pool, &vol)?;
     let info = match &was_active {
         Some(info) => info.clone(),
-        None => activate_device(ctx, &pool, &vol, vol.read_only)?,
+        None => create_device(ctx, &pool, pool_dev.devno, &vol, vol.read_only)?,
     };
     let mounted = mount_locked(ctx, &pool, &mut vol, &info, dir, read_only, options, false);
     if mounted.is_err() && was_active.is_none() {
