@@ -11,7 +11,6 @@ use std::process::{Command, Output, Stdio};
 pub enum Tool {
     MkfsExt4,
     MkfsXfs,
-    E2fsck,
     Resize2fs,
     XfsGrowfs,
     ThinCheck,
@@ -23,10 +22,9 @@ pub enum Tool {
 }
 
 impl Tool {
-    pub const ALL: [Tool; 11] = [
+    pub const ALL: [Tool; 10] = [
         Tool::MkfsExt4,
         Tool::MkfsXfs,
-        Tool::E2fsck,
         Tool::Resize2fs,
         Tool::XfsGrowfs,
         Tool::ThinCheck,
@@ -41,7 +39,6 @@ impl Tool {
         match self {
             Tool::MkfsExt4 => "mkfs.ext4",
             Tool::MkfsXfs => "mkfs.xfs",
-            Tool::E2fsck => "e2fsck",
             Tool::Resize2fs => "resize2fs",
             Tool::XfsGrowfs => "xfs_growfs",
             Tool::ThinCheck => "thin_check",
@@ -56,7 +53,7 @@ impl Tool {
     /// Debian package that ships the program, for error messages.
     pub fn package(self) -> &'static str {
         match self {
-            Tool::MkfsExt4 | Tool::E2fsck | Tool::Resize2fs => "e2fsprogs",
+            Tool::MkfsExt4 | Tool::Resize2fs => "e2fsprogs",
             Tool::MkfsXfs | Tool::XfsGrowfs => "xfsprogs",
             _ => "thin-provisioning-tools",
         }

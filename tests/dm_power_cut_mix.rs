@@ -145,6 +145,13 @@ impl AckLog {
         AckLog(Arc::new(Mutex::new(f)))
     }
 
+    /// Log that an operation starts, on the disk and on the console (so a
+    /// failure report shows what was in flight at the cut).
+    fn begin(&self, what: &str) {
+        console(&format!("begin {what}"));
+        self.line(&format!("begin {what}"));
+    }
+
     fn line(&self, line: &str) {
         let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
         f.write_all(format!("{line}\n").as_bytes()).unwrap();
@@ -201,7 +208,7 @@ fn phase1() -> ! {
 
     // The writer's volume, mounted, before anything random happens.
     let wsize = 256 * MIB;
-    log.line(&format!("begin create {WRITER_VOL} {wsize}"));
+    log.begin(&format!("create {WRITER_VOL} {wsize}"));
     d.ok(&["create", &vref(WRITER_VOL), "--size", &wsize.to_string()]);
     log.line(&format!("create {WRITER_VOL} {wsize}"));
     fs::create_dir_all(mountpoint(WRITER_VOL)).unwrap();
@@ -322,7 +329,7 @@ fn phase1() -> ! {
             "create" => {
                 let name = format!("v{counter}");
                 let size = rng.range(8, 24) * 4 * MIB;
-                log.line(&format!("begin create {name} {size}"));
+                log.begin(&format!("create {name} {size}"));
                 let out = d.run(&["create", &vref(&name), "--size", &size.to_string()]);
                 if out.status.success() {
                     log.line(&format!("create {name} {size}"));
@@ -344,7 +351,7 @@ fn phase1() -> ! {
                 let name = format!("s{counter}");
                 let activate = rng.range(0, 2) == 0;
                 let act = if activate { "active" } else { "inactive" };
-                log.line(&format!("begin snapshot {origin} {name} {act}"));
+                log.begin(&format!("snapshot {origin} {name} {act}"));
                 let mut args = vec!["snapshot", &vref(&origin), &vref(&name)]
                     .into_iter()
                     .map(String::from)
@@ -374,7 +381,7 @@ fn phase1() -> ! {
                 };
                 let mp = mountpoint(&name);
                 fs::create_dir_all(&mp).unwrap();
-                log.line(&format!("begin mount {name}"));
+                log.begin(&format!("mount {name}"));
                 let out = d.run(&["mount", &vref(&name), mp.to_str().unwrap()]);
                 if out.status.success() {
                     log.line(&format!("mount {name}"));
@@ -391,7 +398,7 @@ fn phase1() -> ! {
                 let Some(name) = rng.pick(&cands).cloned() else {
                     continue;
                 };
-                log.line(&format!("begin umount {name}"));
+                log.begin(&format!("umount {name}"));
                 let out = d.run(&["umount", &vref(&name)]);
                 if out.status.success() {
                     log.line(&format!("umount {name}"));
@@ -423,7 +430,7 @@ fn phase1() -> ! {
                 let Some(name) = rng.pick(&removable).cloned() else {
                     continue;
                 };
-                log.line(&format!("begin rm {name}"));
+                log.begin(&format!("rm {name}"));
                 let out = d.run(&["rm", "--force", &vref(&name)]);
                 if out.status.success() {
                     log.line(&format!("rm {name}"));
@@ -436,7 +443,7 @@ fn phase1() -> ! {
                     continue;
                 };
                 let size = vols[&name].size + rng.range(1, 8) * 4 * MIB;
-                log.line(&format!("begin resize {name} {size}"));
+                log.begin(&format!("resize {name} {size}"));
                 let out = d.run(&["resize", &vref(&name), "--size", &size.to_string()]);
                 if out.status.success() {
                     log.line(&format!("resize {name} {size}"));

@@ -280,7 +280,8 @@ power_cut_test() {
 
 # run_power_cuts WORKDIR: every power-cut test once, except the random-mix
 # ones (name contains random_mix), which run DMCTL_POWER_CUTS times (default
-# 3), each with a new seed (the host's DMCTL_VM_SEED, if set, is the first).
+# 3), each with a new seed (the host's DMCTL_VM_SEED, if set, is the first;
+# with DMCTL_VM_SEED_ALL=1 it is every one, to chase a timing-dependent failure).
 # Sets cut_pass and cut_fail (runs), mix_cuts and mix_survived (random-mix
 # cuts) and mix_failed_seeds.
 run_power_cuts() {
@@ -292,7 +293,7 @@ run_power_cuts() {
         case "$t" in
             *random_mix*)
                 for ((i = 1; i <= n; i++)); do
-                    if [ "$i" -eq 1 ] && [ -n "${DMCTL_VM_SEED:-}" ]; then
+                    if [ -n "${DMCTL_VM_SEED:-}" ] && { [ "$i" -eq 1 ] || [ "${DMCTL_VM_SEED_ALL:-}" = 1 ]; }; then
                         seed=$DMCTL_VM_SEED
                     else
                         seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')

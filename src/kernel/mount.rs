@@ -205,6 +205,29 @@ fn umount_with(target: &Path, flags: MntFlags) -> Result<()> {
     }
 }
 
+/// Move this process into a mount namespace of its own from which nothing
+/// propagates back: what it mounts from then on no other process sees, and
+/// the kernel unmounts it when the process exits, even by SIGKILL, so a
+/// killed command leaves no mount behind. unshare(2) refuses CLONE_NEWNS
+/// while threads share the filesystem context: call it single-threaded.
+pub fn enter_private_namespace() -> Result<()> {
+    let ns = Path::new("/proc/self/ns/mnt");
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+        Error::io(
+            ns,
+            errno_io(e, "cannot enter a private mount namespace".into()),
+        )
+    })?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| Error::io(ns, errno_io(e, "cannot make mounts private".into())))
+}
+
 /// Unmount `target`. A busy mount is `Error::Busy` (callers add the
 /// holders, see `blockdev::users_of`); `target` not being a mount point is
 /// `Error::Invalid`.

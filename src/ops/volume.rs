@@ -786,17 +786,7 @@ pub fn resize(ctx: &Ctx, v: &VolumeRef, size: u64) -> Result<VolumeRecord> {
     }
     let node = devnode(&info);
     let grown = match vol.fs {
-        Some(Filesystem::Ext4) => {
-            if first_mountpoint(&info)?.is_none() {
-                Tool::E2fsck.run([
-                    std::ffi::OsStr::new("-f"),
-                    std::ffi::OsStr::new("-p"),
-                    node.as_os_str(),
-                ])?;
-            }
-            Tool::Resize2fs.run([node.as_os_str()]).map(|_| ())
-        }
-        Some(Filesystem::Xfs) => grow_xfs(ctx, &info, &node),
+        Some(fs) => grow_fs(ctx, &info, &node, fs),
         None => Ok(()),
     };
     if !was_active {
@@ -805,23 +795,33 @@ pub fn resize(ctx: &Ctx, v: &VolumeRef, size: u64) -> Result<VolumeRecord> {
     grown.map(|_| vol)
 }
 
-/// xfs grows only while mounted: use the volume's mount, or a private
-/// temporary one under the state root.
-fn grow_xfs(ctx: &Ctx, info: &DevInfo, node: &Path) -> Result<()> {
+/// Grow the filesystem to its device, always online: ext4's online resize
+/// and xfs_growfs go through the filesystem's journal, so a power cut leaves
+/// the old size or the new one. Offline `resize2fs` rewrites group
+/// descriptors and the resize inode in place with no journal; cut in the
+/// middle, it left a corrupt filesystem (the random-mix power cut, seed
+/// 10005071). An unmounted volume is mounted for the time of the grow, in a
+/// mount namespace of this process's own (on the state root's `tmp`): no
+/// one else sees that mount, and a killed dmctl leaves none behind.
+fn grow_fs(ctx: &Ctx, info: &DevInfo, node: &Path, fs: Filesystem) -> Result<()> {
+    let grow = |mp: &Path| match fs {
+        // On a mounted filesystem resize2fs asks the kernel to grow it.
+        Filesystem::Ext4 => Tool::Resize2fs.run([node.as_os_str()]).map(|_| ()),
+        Filesystem::Xfs => Tool::XfsGrowfs.run([mp.as_os_str()]).map(|_| ()),
+    };
     if let Some(mp) = first_mountpoint(info)? {
-        return Tool::XfsGrowfs.run([mp.as_os_str()]).map(|_| ());
+        return grow(&mp);
     }
-    let tmp = ctx
-        .store
-        .root()
-        .join("tmp")
-        .join(format!("grow-{}", std::process::id()));
-    crate::fsutil::create_private_dir(&tmp)?;
-    mount::mount(node, &tmp, "xfs", false, "nouuid")?;
-    let r = Tool::XfsGrowfs.run([tmp.as_os_str()]).map(|_| ());
-    let u = mount::umount(&tmp);
-    let _ = std::fs::remove_dir(&tmp);
-    r.and(u)
+    mount::enter_private_namespace()?;
+    let dir = ctx.store.root().join("tmp");
+    crate::fsutil::create_private_dir(&dir)?;
+    // An xfs snapshot has its origin's uuid.
+    let opts = if fs == Filesystem::Xfs { "nouuid" } else { "" };
+    mount::mount(node, &dir, fs.as_str(), false, opts)?;
+    crate::crashpoint::hit("resize:fs-mounted");
+    let grown = grow(&dir);
+    let unmounted = mount::umount(&dir);
+    grown.and(unmounted)
 }
 
 #[derive(Debug, Clone, Serialize)]

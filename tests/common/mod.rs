@@ -98,14 +98,16 @@ impl Dmctl {
         self.fixed_root.as_deref().unwrap_or(self.root.path())
     }
 
+    /// `dmctl --root ROOT ARGS...`, not started (e.g. to spawn it).
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_dmctl"));
+        c.arg("--root").arg(self.state_root()).args(args);
+        c
+    }
+
     /// Run `dmctl --root ROOT ARGS...`.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_dmctl"))
-            .arg("--root")
-            .arg(self.state_root())
-            .args(args)
-            .output()
-            .expect("run dmctl")
+        self.command(args).output().expect("run dmctl")
     }
 
     /// Run and require success; returns stdout.
