@@ -16,64 +16,16 @@ mod dm_cli_errors {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
-    /// What a failed command must leave as it was.
-    #[derive(Debug, PartialEq, Eq)]
-    struct World {
-        state: BTreeMap<String, String>,
-        dm_ls: Vec<String>,
-        dm_tables: Vec<String>,
-        /// Transaction id of every thin-pool device, from its status.
-        pool_tids: Vec<String>,
-        /// loopN -> backing file.
-        loops: Vec<String>,
-    }
-
-    fn sorted_lines(s: &str) -> Vec<String> {
-        let mut v: Vec<String> = s.lines().map(str::to_string).collect();
-        v.sort();
-        v
-    }
-
-    fn loops() -> Vec<String> {
-        let mut out = vec![];
-        for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
-            if let Ok(s) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-                out.push(format!("{} {}", e.file_name().to_string_lossy(), s.trim()));
-            }
-        }
-        out.sort();
-        out
-    }
-
-    fn world(d: &Dmctl) -> World {
-        let status = common::run("dmsetup", &["--noudevsync", "status"]);
-        let pool_tids = status
-            .lines()
-            .filter_map(|l| {
-                let (name, rest) = l.split_once(": ")?;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                (f.get(2) == Some(&"thin-pool")).then(|| format!("{name} {:?}", f.get(3)))
-            })
-            .collect::<Vec<_>>();
-        World {
-            state: d.snapshot_state(),
-            dm_ls: sorted_lines(&common::run("dmsetup", &["--noudevsync", "ls"])),
-            dm_tables: sorted_lines(&common::run("dmsetup", &["--noudevsync", "table"])),
-            pool_tids,
-            loops: loops(),
-        }
-    }
-
     /// Run a command that must be refused: exit 1, one error line that
     /// contains `expect`, and the world unchanged. Returns the line.
     fn refused(d: &Dmctl, args: &[&str], expect: &str) -> String {
-        let before = world(d);
+        let before = common::world(d);
         let line = d.fails(args);
         assert!(
             line.contains(expect),
             "dmctl {args:?}: error should say '{expect}': {line}"
         );
-        let after = world(d);
+        let after = common::world(d);
         assert_eq!(before, after, "dmctl {args:?} changed the world ({line})");
         common::step(&format!("refused {args:?}: {line}"));
         line
@@ -81,7 +33,7 @@ mod dm_cli_errors {
 
     /// A usage error (clap): exit 2, its `error:` line first, world unchanged.
     fn usage_error(d: &Dmctl, args: &[&str], expect: &str) -> String {
-        let before = world(d);
+        let before = common::world(d);
         let out = d.run(args);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(2), "dmctl {args:?}: {err}");
@@ -91,7 +43,7 @@ mod dm_cli_errors {
         assert_eq!(errors, 1, "dmctl {args:?}: {err}");
         // clap may list what is missing on the lines after its error line.
         assert!(err.contains(expect), "dmctl {args:?}: {err}");
-        assert_eq!(before, world(d), "dmctl {args:?} changed the world");
+        assert_eq!(before, common::world(d), "dmctl {args:?} changed the world");
         line
     }
 
@@ -341,7 +293,7 @@ mod dm_cli_errors {
         let d = Dmctl::new();
         pool(&d, "ce-mkfs", &["--data-size", "1G"]);
         d.ok(&["create", "ce-mkfs/base", "--size", "64M", "--fs", "none"]);
-        let before = world(&d);
+        let before = common::world(&d);
         let ids_before = kernel_thin_ids(&d, "ce-mkfs");
         let tid = d.json(&["pool", "status", "ce-mkfs"])["transaction_id"].clone();
 
@@ -355,10 +307,10 @@ mod dm_cli_errors {
         assert!(line.contains("mkfs"), "{line}");
         common::step(&format!("mkfs failed: {line}"));
 
-        let after = world(&d);
+        let after = common::world(&d);
         // The only change: pool.json's next_device_id may move past the id
         // the failed create used, so it is never handed out again.
-        let strip = |w: &World| -> BTreeMap<String, serde_json::Value> {
+        let strip = |w: &common::World| -> BTreeMap<String, serde_json::Value> {
             w.state
                 .iter()
                 .map(|(k, v)| {
@@ -646,7 +598,7 @@ mod dm_cli_errors {
         common::thin_check_live(&d, "ce-dev");
         refused(&d, &["pool", "destroy", "ce-dev"], "--force");
         d.ok(&["pool", "destroy", "ce-dev", "--force"]);
-        let attached = loops();
+        let attached = common::loops();
         for dev in [&data_dev, &meta_dev] {
             let n = dev.trim_start_matches("/dev/");
             assert!(

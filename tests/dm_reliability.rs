@@ -16,54 +16,10 @@ mod dm_reliability {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
-    /// What a refused command must leave as it was.
-    #[derive(Debug, PartialEq, Eq)]
-    struct World {
-        state: BTreeMap<String, String>,
-        dm_ls: Vec<String>,
-        dm_tables: Vec<String>,
-        pool_tids: Vec<String>,
-        loops: Vec<String>,
-        mounts: Vec<String>,
-    }
-
-    fn sorted_lines(s: &str) -> Vec<String> {
-        let mut v: Vec<String> = s.lines().map(str::to_string).collect();
-        v.sort();
-        v
-    }
-
-    fn world(d: &Dmctl) -> World {
-        let status = common::run("dmsetup", &["--noudevsync", "status"]);
-        let pool_tids = status
-            .lines()
-            .filter_map(|l| {
-                let (name, rest) = l.split_once(": ")?;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                (f.get(2) == Some(&"thin-pool")).then(|| format!("{name} {:?}", f.get(3)))
-            })
-            .collect();
-        let mut loops = vec![];
-        for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
-            if let Ok(s) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-                loops.push(format!("{} {}", e.file_name().to_string_lossy(), s.trim()));
-            }
-        }
-        loops.sort();
-        World {
-            state: d.snapshot_state(),
-            dm_ls: sorted_lines(&common::run("dmsetup", &["--noudevsync", "ls"])),
-            dm_tables: sorted_lines(&common::run("dmsetup", &["--noudevsync", "table"])),
-            pool_tids,
-            loops,
-            mounts: sorted_lines(&std::fs::read_to_string("/proc/self/mounts").unwrap()),
-        }
-    }
-
     /// A command that must be refused: exit 1, one error line containing
     /// every string of `expect`, and the world unchanged.
     fn refused(d: &Dmctl, args: &[&str], expect: &[&str]) -> String {
-        let before = world(d);
+        let before = common::world(d);
         let line = d.fails(args);
         for e in expect {
             assert!(
@@ -73,7 +29,7 @@ mod dm_reliability {
         }
         assert_eq!(
             before,
-            world(d),
+            common::world(d),
             "dmctl {args:?} changed the world ({line})"
         );
         common::step(&format!("refused {args:?}: {line}"));

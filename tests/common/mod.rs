@@ -364,3 +364,57 @@ pub fn check_invariants(d: &Dmctl, pool: &str) {
         }
     }
 }
+
+/// Everything a refused command must leave as it was: the state root's
+/// files, dm devices and tables, each pool's transaction id, loop devices
+/// and mounts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct World {
+    pub state: std::collections::BTreeMap<String, String>,
+    pub dm_ls: Vec<String>,
+    pub dm_tables: Vec<String>,
+    /// Transaction id of every thin-pool device, from its status.
+    pub pool_tids: Vec<String>,
+    /// loopN -> backing file.
+    pub loops: Vec<String>,
+    pub mounts: Vec<String>,
+}
+
+fn sorted_lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s.lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+/// Attached loop devices, "loopN BACKING-FILE", sorted.
+pub fn loops() -> Vec<String> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        if let Ok(s) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            out.push(format!("{} {}", e.file_name().to_string_lossy(), s.trim()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The world as `d`'s commands can change it.
+pub fn world(d: &Dmctl) -> World {
+    let status = run("dmsetup", &["--noudevsync", "status"]);
+    let pool_tids = status
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(": ")?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            (f.get(2) == Some(&"thin-pool")).then(|| format!("{name} {:?}", f.get(3)))
+        })
+        .collect();
+    World {
+        state: d.snapshot_state(),
+        dm_ls: sorted_lines(&run("dmsetup", &["--noudevsync", "ls"])),
+        dm_tables: sorted_lines(&run("dmsetup", &["--noudevsync", "table"])),
+        pool_tids,
+        loops: loops(),
+        mounts: sorted_lines(&std::fs::read_to_string("/proc/self/mounts").unwrap()),
+    }
+}
