@@ -195,6 +195,14 @@ impl LockFile {
     }
 }
 
+impl std::os::fd::AsRawFd for LockFile {
+    /// The locked descriptor: a child that inherits it (e.g. a long
+    /// filesystem grow) keeps the lock held even if this process dies.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 impl Drop for LockFile {
     fn drop(&mut self) {
         // Closing the file releases the lock too, unless a forked child

@@ -90,19 +90,29 @@ impl Tool {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let mut command = self.command()?;
+        command.args(args).output().map_err(|e| self.not_started(e))
+    }
+
+    /// The program as a `Command` (stdin from /dev/null), for callers that
+    /// need more than [`Tool::run`]: a pre-exec hook, a spawn.
+    pub fn command(self) -> Result<Command> {
         crate::trace::step(|| format!("run {}", self.program()));
         let exe = self.find().ok_or_else(|| Error::Tool {
             program: self.program().into(),
             msg: format!("not found (install {})", self.package()),
         })?;
-        Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| Error::Tool {
-                program: self.program().into(),
-                msg: e.to_string(),
-            })
+        let mut command = Command::new(exe);
+        command.stdin(Stdio::null());
+        Ok(command)
+    }
+
+    /// The error for a program that could not be started.
+    pub fn not_started(self, e: std::io::Error) -> Error {
+        Error::Tool {
+            program: self.program().into(),
+            msg: format!("cannot start: {e}"),
+        }
     }
 
     /// The error for a failed run: exit status and the last stderr line.

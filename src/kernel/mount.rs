@@ -205,27 +205,75 @@ fn umount_with(target: &Path, flags: MntFlags) -> Result<()> {
     }
 }
 
-/// Move this process into a mount namespace of its own from which nothing
-/// propagates back: what it mounts from then on no other process sees, and
-/// the kernel unmounts it when the process exits, even by SIGKILL, so a
-/// killed command leaves no mount behind. unshare(2) refuses CLONE_NEWNS
-/// while threads share the filesystem context: call it single-threaded.
-pub fn enter_private_namespace() -> Result<()> {
-    let ns = Path::new("/proc/self/ns/mnt");
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
-        Error::io(
-            ns,
-            errno_io(e, "cannot enter a private mount namespace".into()),
-        )
-    })?;
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| Error::io(ns, errno_io(e, "cannot make mounts private".into())))
+/// Prepare `command` to run with `dev` mounted on `target` in a mount
+/// namespace of the child's own, from which nothing propagates back: no
+/// other process sees that mount, and it lives exactly as long as the
+/// child. When the child exits (even killed, even if its parent died) the
+/// kernel unmounts the filesystem cleanly, before the parent's wait
+/// returns. `keep_fd` (a lock) is inherited by the child, so the lock
+/// stays held while the child runs, whatever happens to the parent.
+pub fn in_private_mount(
+    command: &mut std::process::Command,
+    dev: &Path,
+    target: &Path,
+    fstype: &str,
+    options: &str,
+    keep_fd: Option<std::os::fd::RawFd>,
+) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let c = |s: &[u8]| {
+        CString::new(s).map_err(|_| Error::Invalid(format!("NUL byte in mount argument {s:?}")))
+    };
+    let (dev, target) = (
+        c(dev.as_os_str().as_bytes())?,
+        c(target.as_os_str().as_bytes())?,
+    );
+    let (fstype, options, root) = (c(fstype.as_bytes())?, c(options.as_bytes())?, c(b"/")?);
+    let hook = move || -> io::Result<()> {
+        // Between fork and exec: raw syscalls only, no allocation.
+        let check = |r: libc::c_int| {
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        // SAFETY: plain syscalls on NUL-terminated strings owned by the
+        // closure; the descriptor is the caller's open lock file.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            let data = if options.as_bytes().is_empty() {
+                std::ptr::null()
+            } else {
+                options.as_ptr().cast()
+            };
+            check(libc::mount(
+                dev.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                data,
+            ))?;
+            if let Some(fd) = keep_fd {
+                check(libc::fcntl(fd, libc::F_SETFD, 0))?;
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe syscalls.
+    unsafe {
+        command.pre_exec(hook);
+    }
+    Ok(())
 }
 
 /// Unmount `target`. A busy mount is `Error::Busy` (callers add the

@@ -756,7 +756,7 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
 /// `dmctl resize POOL/NAME --size SIZE`: grow the device and its filesystem.
 pub fn resize(ctx: &Ctx, v: &VolumeRef, size: u64) -> Result<VolumeRecord> {
     let size = check_size(size)?;
-    let (_lock, pool) = open_pool(ctx, &v.pool)?;
+    let (lock, pool) = open_pool(ctx, &v.pool)?;
     let mut vol = ctx.store.volume(&v.pool, &v.name)?;
     if size < vol.size {
         return Err(Error::Invalid(format!(
@@ -786,7 +786,7 @@ pub fn resize(ctx: &Ctx, v: &VolumeRef, size: u64) -> Result<VolumeRecord> {
     }
     let node = devnode(&info);
     let grown = match vol.fs {
-        Some(fs) => grow_fs(ctx, &info, &node, fs),
+        Some(fs) => grow_fs(ctx, &lock, &info, &node, fs),
         None => Ok(()),
     };
     if !was_active {
@@ -800,28 +800,63 @@ pub fn resize(ctx: &Ctx, v: &VolumeRef, size: u64) -> Result<VolumeRecord> {
 /// the old size or the new one. Offline `resize2fs` rewrites group
 /// descriptors and the resize inode in place with no journal; cut in the
 /// middle, it left a corrupt filesystem (the random-mix power cut, seed
-/// 10005071). An unmounted volume is mounted for the time of the grow, in a
-/// mount namespace of this process's own (on the state root's `tmp`): no
-/// one else sees that mount, and a killed dmctl leaves none behind.
-fn grow_fs(ctx: &Ctx, info: &DevInfo, node: &Path, fs: Filesystem) -> Result<()> {
-    let grow = |mp: &Path| match fs {
+/// 10005071). An unmounted volume is mounted for the grow only, by the
+/// grow tool's own process in a mount namespace of its own (on the state
+/// root's `tmp`): no one else sees the mount, it is gone when the tool
+/// exits, and the tool holds the pool lock until then even if dmctl is
+/// killed meanwhile.
+fn grow_fs(
+    ctx: &Ctx,
+    lock: &crate::fsutil::LockFile,
+    info: &DevInfo,
+    node: &Path,
+    fs: Filesystem,
+) -> Result<()> {
+    let tool = match fs {
         // On a mounted filesystem resize2fs asks the kernel to grow it.
-        Filesystem::Ext4 => Tool::Resize2fs.run([node.as_os_str()]).map(|_| ()),
-        Filesystem::Xfs => Tool::XfsGrowfs.run([mp.as_os_str()]).map(|_| ()),
+        Filesystem::Ext4 => Tool::Resize2fs,
+        Filesystem::Xfs => Tool::XfsGrowfs,
+    };
+    let arg = |mp: &Path| match fs {
+        Filesystem::Ext4 => node.as_os_str().to_owned(),
+        Filesystem::Xfs => mp.as_os_str().to_owned(),
     };
     if let Some(mp) = first_mountpoint(info)? {
-        return grow(&mp);
+        return tool.run([arg(&mp)]).map(|_| ());
     }
-    mount::enter_private_namespace()?;
     let dir = ctx.store.root().join("tmp");
     crate::fsutil::create_private_dir(&dir)?;
+    let mut command = tool.command()?;
+    command.arg(arg(&dir));
     // An xfs snapshot has its origin's uuid.
     let opts = if fs == Filesystem::Xfs { "nouuid" } else { "" };
-    mount::mount(node, &dir, fs.as_str(), false, opts)?;
-    crate::crashpoint::hit("resize:fs-mounted");
-    let grown = grow(&dir);
-    let unmounted = mount::umount(&dir);
-    grown.and(unmounted)
+    mount::in_private_mount(
+        &mut command,
+        node,
+        &dir,
+        fs.as_str(),
+        opts,
+        Some(std::os::fd::AsRawFd::as_raw_fd(lock)),
+    )?;
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Tool {
+            program: tool.program().into(),
+            msg: format!(
+                "cannot start with {} mounted privately on {}: {e}",
+                node.display(),
+                dir.display()
+            ),
+        })?;
+    crate::crashpoint::hit("resize:growing");
+    let out = child.wait_with_output().map_err(|e| tool.not_started(e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(tool.failed(&out))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
