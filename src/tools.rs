@@ -76,7 +76,11 @@ impl Tool {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let out = self.output(args)?;
+        self.succeeded(self.output(args)?)
+    }
+
+    /// `out` if the program exited 0, else the error [`Tool::failed`] makes.
+    pub fn succeeded(self, out: Output) -> Result<Output> {
         if out.status.success() {
             Ok(out)
         } else {

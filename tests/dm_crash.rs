@@ -182,19 +182,6 @@ mod dm_crash {
     }
 
     /// Size in bytes of the ext4 filesystem on `dev`, from its superblock.
-    fn ext4_bytes(dev: &str) -> u64 {
-        let out = common::run("dumpe2fs", &["-h", dev]);
-        let field = |k: &str| -> u64 {
-            out.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .unwrap_or_else(|| panic!("dumpe2fs -h {dev}: no {k}: {out}"))
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        field("Block count:") * field("Block size:")
-    }
-
     /// `dmctl --root ROOT ARGS` with one extra environment variable.
     fn dmctl_env(d: &Dmctl, args: &[&str], var: &str, value: &str) -> Output {
         Command::new(env!("CARGO_BIN_EXE_dmctl"))
@@ -441,12 +428,6 @@ mod dm_crash {
         common::check_invariants(&fx.d, POOL);
     }
 
-    fn resize2fs_running() -> bool {
-        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "resize2fs")
-        })
-    }
-
     /// After a killed `resize cr/v --size 48M`: the filesystem is clean,
     /// and the same resize run again completes: device and filesystem at
     /// 48M, data intact.
@@ -454,7 +435,7 @@ mod dm_crash {
         // Killed at resize:growing, dmctl leaves its resize2fs running on
         // (it holds the pool lock and its private mount): let it finish.
         let t0 = Instant::now();
-        while resize2fs_running() {
+        while !common::pids_of("resize2fs").is_empty() {
             assert!(t0.elapsed().as_secs() < 60, "resize2fs still running");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -475,7 +456,7 @@ mod dm_crash {
         e2fsck_clean(&dev);
         assert_eq!(dev_bytes(&dev), 48 * MIB, "resize at {point}: device size");
         assert_eq!(
-            ext4_bytes(&dev),
+            common::ext4_bytes(&dev),
             48 * MIB,
             "resize at {point}: filesystem size"
         );

@@ -131,17 +131,6 @@ fn power_cut_pool_volumes_and_synced_data_survive() {
     d.ok(&["pool", "destroy", "pc", "--force"]);
 }
 
-/// Pids of running processes whose command is `comm`.
-fn pids_of(comm: &str) -> Vec<u32> {
-    fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-        })
-        .collect()
-}
-
 /// Regression: `dmctl resize` of an unmounted ext4 volume ran offline
 /// `resize2fs`, which rewrites the group descriptors and the resize inode
 /// in place with no journal; a power cut in the middle left a corrupt
@@ -180,7 +169,7 @@ fn power_cut_during_resize_of_unmounted_volume_leaves_a_clean_fs() {
             .unwrap();
         let t0 = std::time::Instant::now();
         let pid = loop {
-            if let Some(&pid) = pids_of("resize2fs").first() {
+            if let Some(&pid) = common::pids_of("resize2fs").first() {
                 break pid;
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -235,15 +224,7 @@ fn power_cut_during_resize_of_unmounted_volume_leaves_a_clean_fs() {
     common::run("e2fsck", &["-fn", &node]);
     d.ok(&["resize", snap, "--size", &big.to_string()]);
     common::run("e2fsck", &["-fn", &node]);
-    let blocks = common::run("dumpe2fs", &["-h", &node]);
-    let field = |k: &str| -> u64 {
-        blocks
-            .lines()
-            .find_map(|l| l.strip_prefix(k))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("dumpe2fs -h: no {k}\n{blocks}"))
-    };
-    assert_eq!(field("Block count:") * field("Block size:"), big);
+    assert_eq!(common::ext4_bytes(&node), big);
     common::thin_check_live(&d, pool);
     d.ok(&["pool", "destroy", pool, "--force"]);
 }

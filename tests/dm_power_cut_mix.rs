@@ -604,18 +604,6 @@ fn parse_ack_log(text: &str) -> Model {
     m
 }
 
-/// `dumpe2fs -h` of a device: the filesystem's size in bytes.
-fn ext4_bytes(dev: &str) -> u64 {
-    let out = common::run("dumpe2fs", &["-h", dev]);
-    let field = |k: &str| -> u64 {
-        out.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("dumpe2fs -h {dev}: no {k}\n{out}"))
-    };
-    field("Block count:") * field("Block size:")
-}
-
 fn phase2() {
     mount_disk();
     let text = fs::read_to_string(ack_log_path()).unwrap();
@@ -755,7 +743,7 @@ fn phase2() {
                 String::from_utf8_lossy(&fsck.stderr)
             ))
         );
-        let fs_bytes = ext4_bytes(&node);
+        let fs_bytes = common::ext4_bytes(&node);
         let size = info["size"].as_u64().unwrap();
         assert!(
             fs_bytes >= want.fs_min && fs_bytes <= size,

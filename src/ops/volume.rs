@@ -852,11 +852,7 @@ fn grow_fs(
         })?;
     crate::crashpoint::hit("resize:growing");
     let out = child.wait_with_output().map_err(|e| tool.not_started(e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(tool.failed(&out))
-    }
+    tool.succeeded(out).map(|_| ())
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -418,3 +418,26 @@ pub fn world(d: &Dmctl) -> World {
         mounts: sorted_lines(&std::fs::read_to_string("/proc/self/mounts").unwrap()),
     }
 }
+
+/// `dumpe2fs -h` of a device: the ext4 filesystem's size in bytes.
+pub fn ext4_bytes(dev: &str) -> u64 {
+    let out = run("dumpe2fs", &["-h", dev]);
+    let field = |k: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("dumpe2fs -h {dev}: no {k}\n{out}"))
+    };
+    field("Block count:") * field("Block size:")
+}
+
+/// Pids of running processes whose command (`/proc/PID/comm`) is `comm`.
+pub fn pids_of(comm: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
