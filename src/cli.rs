@@ -195,6 +195,19 @@ enum ImageCommand {
         #[arg(long, value_name = "DIR")]
         mount: Option<PathBuf>,
     },
+    /// Keep N spare rootfs of the image made, active and mounted, so that
+    /// `image provision` hands one out at once (0 removes them).
+    Warm {
+        pool: String,
+        reference: String,
+        /// How many spares to keep (of this size).
+        #[arg(long, value_name = "N")]
+        spares: usize,
+        /// Size of the spares (default: the image's); a provision gets a
+        /// spare only if it asks for the same size.
+        #[arg(long, value_parser = size)]
+        size: Option<u64>,
+    },
     /// Turn a provisioned volume into a new image (its diff is a new layer).
     Commit {
         #[arg(value_parser = volref, value_name = "POOL/NAME")]
@@ -584,10 +597,11 @@ fn run_image(cli: &Cli, ctx: &Ctx, cmd: &ImageCommand) -> Result<i32> {
             let r = image::inspect(ctx, pool, reference)?;
             emit(cli, &r, |r| {
                 println!(
-                    "image {} (config {}), {} shared",
+                    "image {} (config {}), {} shared, {} warm spare(s)",
                     r.reference,
                     r.config_digest,
-                    format_size(r.shared_bytes)
+                    format_size(r.shared_bytes),
+                    r.spares
                 );
                 for (i, l) in r.layers.iter().enumerate() {
                     println!(
@@ -633,6 +647,25 @@ fn run_image(cli: &Cli, ctx: &Ctx, cmd: &ImageCommand) -> Result<i32> {
                         .map(|d| d.display().to_string())
                         .unwrap_or_default()
                 ),
+            })
+        }
+        ImageCommand::Warm {
+            pool,
+            reference,
+            spares,
+            size,
+        } => {
+            let r = image::warm(ctx, pool, reference, *spares, *size)?;
+            emit(cli, &r, |r| {
+                println!(
+                    "image {}: {} spare(s) of {} ready ({} made, {} mounted again, {} removed)",
+                    r.reference,
+                    r.spares.len(),
+                    format_size(r.size),
+                    r.made,
+                    r.remounted,
+                    r.removed
+                )
             })
         }
         ImageCommand::Commit { volume, reference } => {

@@ -86,6 +86,28 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
+/// Prefix of the names of warm spares (`dmctl image warm`, see
+/// `ops::spare`). Reserved: a user's volume cannot take it, as LVM reserves
+/// `snapshot` and `pvmove`.
+pub const SPARE_PREFIX: &str = "spare.";
+
+/// Whether `name` is the name of a warm spare.
+pub fn is_spare_name(name: &str) -> bool {
+    name.starts_with(SPARE_PREFIX)
+}
+
+/// Refuse, for a volume a user names, a name dmctl keeps for its own.
+pub fn check_not_reserved(name: &str) -> Result<()> {
+    if is_spare_name(name) {
+        return Err(Error::Invalid(format!(
+            "invalid volume name '{}': names starting with '{SPARE_PREFIX}' are reserved \
+             for warm spares (dmctl image warm)",
+            echo(name)
+        )));
+    }
+    Ok(())
+}
+
 /// A volume named on the command line as `POOL/NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VolumeRef {

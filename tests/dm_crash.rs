@@ -596,6 +596,30 @@ mod dm_crash {
         common::check_invariants(&fx.d, POOL);
     }
 
+    /// The image imported, with one warm spare.
+    fn with_warm_image() -> Fixture {
+        let fx = with_image();
+        fx.d.ok(&["image", "warm", POOL, "v2", "--spares", "1"]);
+        fx
+    }
+
+    fn verify_warm(fx: &Fixture, point: &str) {
+        // Asking again finishes: one spare, ready; provision hands it out.
+        let w = fx.d.json(&["image", "warm", POOL, "v2", "--spares", "1"]);
+        assert_eq!(w["spares"].as_array().unwrap().len(), 1, "{point}: {w}");
+        let spare = fx.d.json(&[
+            "info",
+            &format!("{POOL}/{}", w["spares"][0].as_str().unwrap()),
+        ]);
+        assert!(spare["mountpoint"].is_string(), "{point}: {spare}");
+        verify_provision(fx, point);
+        assert_eq!(
+            fx.d.json(&["image", "inspect", POOL, "v2"])["spares"],
+            0,
+            "{point}: the spare was handed out"
+        );
+    }
+
     /// The image imported and provisioned as `cr/job`, with the job's output
     /// written and the volume unmounted: ready for `image commit`.
     fn with_job() -> Fixture {
@@ -869,6 +893,27 @@ mod dm_crash {
                 args: &provision_args,
                 expected: &["snapshot:after-message", "provision:after-snapshot"],
                 unexpected: &[],
+                verify: &verify_provision,
+            },
+            Case {
+                label: "image-warm",
+                setup: &with_image,
+                args: &["image", "warm", POOL, "v2", "--spares", "1"],
+                expected: &["snapshot:after-message", "warm:after-snapshot"],
+                unexpected: &[],
+                verify: &verify_warm,
+            },
+            Case {
+                label: "provision-warm",
+                setup: &with_warm_image,
+                args: &provision_args,
+                expected: &[
+                    "claim:journaled",
+                    "claim:renamed",
+                    "claim:mounted",
+                    "claim:recorded",
+                ],
+                unexpected: &["snapshot:after-message"],
                 verify: &verify_provision,
             },
             Case {

@@ -669,3 +669,200 @@ fn image_with_bad_digest_leaves_nothing_behind() {
     d.ok(&["check", "bad"]);
     common::thin_check_live(&d, "bad");
 }
+
+/// The mount points in this namespace, from /proc/self/mountinfo.
+fn mount_points() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        .collect()
+}
+
+/// The kernel's id of the mount at `at` (mountinfo's first field): a mount
+/// moved with MS_MOVE keeps it, a new mount gets another.
+fn mount_id(at: &Path) -> Option<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && Path::new(f[4]) == at)
+        .map(|f| f[0].to_string())
+}
+
+fn dm_names() -> Vec<String> {
+    common::run("dmsetup", &["--noudevsync", "ls"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn image_warm_spares_are_handed_out_by_provision() {
+    require_dm!("image_warm_spares_are_handed_out_by_provision");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Dmctl::new();
+    d.ok(&["pool", "create", "wm", "--data-size", "4G"]);
+    let work = work_volume(&d, "wm", &tmp.path().join("work"));
+    let layout = build_image(&work);
+    let l = layout.to_str().unwrap();
+    d.ok(&["image", "import", "wm", l, "--name", "v2", "--size", "256M"]);
+    let dir = |n: &str| {
+        let p = work.join(n);
+        fs::create_dir_all(&p).unwrap();
+        p
+    };
+
+    common::step("a cold provision, for reference");
+    let cold = dir("cold");
+    d.ok(&[
+        "image",
+        "provision",
+        "wm",
+        "v2",
+        "cold",
+        "--mount",
+        cold.to_str().unwrap(),
+    ]);
+    let want = tree(&cold);
+
+    common::step("dmctl image warm wm v2 --spares 3");
+    let w = d.json(&["image", "warm", "wm", "v2", "--spares", "3"]);
+    assert_eq!(w["made"], 3, "{w}");
+    let spares: Vec<String> = w["spares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(spares.len(), 3);
+    assert_eq!(d.json(&["image", "inspect", "wm", "v2"])["spares"], 3);
+    let again = d.json(&["image", "warm", "wm", "v2", "--spares", "3"]);
+    assert_eq!(
+        (again["made"].clone(), again["removed"].clone()),
+        (0.into(), 0.into())
+    );
+    let spare_info = d.json(&["info", &format!("wm/{}", spares[0])]);
+    let spare_mp = PathBuf::from(spare_info["mountpoint"].as_str().unwrap());
+    assert!(
+        mount_points().contains(&spare_mp),
+        "spare is mounted at {spare_mp:?}"
+    );
+    let spare_dev = spare_info["device_id"].clone();
+    let spare_mount_id = mount_id(&spare_mp).unwrap();
+
+    common::step("provision hands the first spare out: renamed, its mount moved");
+    let job = dir("job");
+    let r = d.json(&[
+        "image",
+        "provision",
+        "wm",
+        "v2",
+        "job",
+        "--mount",
+        job.to_str().unwrap(),
+    ]);
+    assert_eq!(r["device_id"], spare_dev, "the spare's thin device: {r}");
+    assert_eq!(r["name"], "job");
+    assert_eq!(
+        PathBuf::from(r["mountpoint"].as_str().unwrap()),
+        fs::canonicalize(&job).unwrap()
+    );
+    let names = dm_names();
+    assert!(names.contains(&"dmctl+wm+job".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.ends_with(&spares[0])), "{names:?}");
+    let mps = mount_points();
+    assert!(mps.contains(&fs::canonicalize(&job).unwrap()), "{mps:?}");
+    assert!(!mps.contains(&spare_mp), "the spare's mount moved: {mps:?}");
+    assert!(!spare_mp.exists(), "the spare's mount point is gone");
+    assert_eq!(
+        mount_id(&fs::canonicalize(&job).unwrap()),
+        Some(spare_mount_id),
+        "the job's rootfs is the spare's mount, moved (not a new mount)"
+    );
+    assert!(d.run(&["info", &format!("wm/{}", spares[0])]).status.code() == Some(1));
+    assert_eq!(tree(&job), want, "a spare's rootfs is the image's");
+    assert_eq!(d.json(&["image", "inspect", "wm", "v2"])["spares"], 2);
+    fs::write(job.join("out"), "job output\n").unwrap();
+    d.ok(&["rm", "wm/job", "--force"]);
+
+    common::step("another size gets no spare; no --mount gets an unmounted one");
+    let big = dir("big");
+    let b = d.json(&[
+        "image",
+        "provision",
+        "wm",
+        "v2",
+        "big",
+        "--size",
+        "512M",
+        "--mount",
+        big.to_str().unwrap(),
+    ]);
+    assert_ne!(
+        b["device_id"],
+        d.json(&["info", &format!("wm/{}", spares[1])])["device_id"]
+    );
+    assert_eq!(d.json(&["image", "inspect", "wm", "v2"])["spares"], 2);
+    let bare = d.json(&["image", "provision", "wm", "v2", "bare"]);
+    assert!(bare["mountpoint"].is_null(), "{bare}");
+    assert!(bare["devnode"].is_string(), "{bare}");
+    assert_eq!(d.json(&["image", "inspect", "wm", "v2"])["spares"], 1);
+    d.ok(&["rm", "wm/bare"]);
+    d.ok(&["rm", "wm/big", "--force"]);
+
+    common::step("user names cannot take the spare prefix");
+    let err = d.fails(&["create", "wm/spare.mine", "--size", "16M"]);
+    assert!(err.contains("reserved"), "{err}");
+    let err = d.fails(&["image", "provision", "wm", "v2", "spare.mine"]);
+    assert!(err.contains("reserved"), "{err}");
+
+    common::step("pool deactivate takes the spares' mounts down; warm mounts them again");
+    d.ok(&["rm", "wm/cold", "--force"]);
+    d.ok(&["umount", "wm/work"]);
+    d.ok(&["pool", "deactivate", "wm"]);
+    d.ok(&["pool", "activate", "wm"]);
+    d.ok(&["mount", "wm/work", work.to_str().unwrap()]);
+    let left = d.json(&["image", "inspect", "wm", "v2"]);
+    assert_eq!(left["spares"], 1);
+    let w = d.json(&["image", "warm", "wm", "v2", "--spares", "2"]);
+    assert_eq!(
+        (w["made"].clone(), w["remounted"].clone()),
+        (1.into(), 1.into()),
+        "{w}"
+    );
+
+    common::step("a spare that lost its mount is mounted afresh by provision");
+    let lone = w["spares"][0].as_str().unwrap().to_string();
+    let lone_mp = PathBuf::from(
+        d.json(&["info", &format!("wm/{lone}")])["mountpoint"]
+            .as_str()
+            .unwrap(),
+    );
+    common::run("umount", &[lone_mp.to_str().unwrap()]);
+    let job2 = dir("job2");
+    let r = d.json(&[
+        "image",
+        "provision",
+        "wm",
+        "v2",
+        "job2",
+        "--mount",
+        job2.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        PathBuf::from(r["mountpoint"].as_str().unwrap()),
+        fs::canonicalize(&job2).unwrap()
+    );
+    assert_eq!(tree(&job2), want);
+    d.ok(&["rm", "wm/job2", "--force"]);
+
+    common::step("image rm takes the spares with it");
+    d.ok(&["image", "rm", "wm", "v2"]);
+    let names = dm_names();
+    assert!(!names.iter().any(|n| n.contains("spare.")), "{names:?}");
+    assert!(!mount_points()
+        .iter()
+        .any(|m| m.to_string_lossy().contains("spare.")));
+    common::check_invariants(&d, "wm");
+}

@@ -167,6 +167,23 @@ impl Dm {
         }
     }
 
+    /// Rename a device (DM_DEV_RENAME). Its uuid, number and table stay;
+    /// only the name changes, in one ioctl.
+    pub fn rename(&self, old: &str, new: &str) -> Result<DevInfo> {
+        crate::trace::step(|| format!("dm rename {old} -> {new}"));
+        match self
+            .dm
+            .device_rename(dm_name(old)?, &DevId::Name(dm_name(new)?))
+        {
+            // The reply describes the device (under its old name).
+            Ok(i) => Ok(dev_info(new, &i)),
+            Err(e) if errno_of(&e) == Some(Errno::EBUSY) => {
+                Err(Error::Exists(format!("dm device {new} already exists")))
+            }
+            Err(e) => Err(dm_err(format!("rename {old} to {new}"), e)),
+        }
+    }
+
     /// Suspend: I/O is queued, and (by default) the filesystem on it is
     /// frozen and flushed first.
     pub fn suspend(&self, name: &str) -> Result<()> {

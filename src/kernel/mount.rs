@@ -276,6 +276,39 @@ pub fn in_private_mount(
     Ok(())
 }
 
+/// Move the mount at `from` to `to` (MS_MOVE): the same mount, with its
+/// open files, appears at `to` in one step. The kernel refuses to move a
+/// mount whose parent mount is shared; see [`make_private_mountpoint`].
+pub fn move_mount(from: &Path, to: &Path) -> Result<()> {
+    crate::trace::step(|| format!("move mount {} -> {}", from.display(), to.display()));
+    nix::mount::mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| {
+        Error::io(
+            from,
+            errno_io(e, format!("cannot move the mount to {}", to.display())),
+        )
+    })
+}
+
+/// Make `dir` a mount point of its own with private propagation (bind it
+/// onto itself first if it is not one), as Docker does with its home: the
+/// mounts made under it can then be moved out with [`move_mount`] even when
+/// `/` is shared (systemd's default), and they do not propagate to other
+/// mount namespaces.
+pub fn make_private_mountpoint(dir: &Path) -> Result<()> {
+    if !is_mountpoint(dir)? {
+        nix::mount::mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| Error::io(dir, errno_io(e, "cannot bind-mount onto itself".into())))?;
+    }
+    nix::mount::mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| Error::io(dir, errno_io(e, "cannot make the mount private".into())))
+}
+
 /// Unmount `target`. A busy mount is `Error::Busy` (callers add the
 /// holders, see `blockdev::users_of`); `target` not being a mount point is
 /// `Error::Invalid`.

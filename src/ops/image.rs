@@ -20,7 +20,7 @@
 //! ROOT/locks/images/POOL.lock                     held by image commands
 //! ```
 
-use super::{volume, Ctx};
+use super::{spare, volume, Ctx};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, LockFile};
 use crate::image::oci::{self, chain_id, Digest};
@@ -585,6 +585,8 @@ pub struct ImageInfo {
     pub layers: Vec<LayerInfo>,
     /// Bytes of layers that other images share.
     pub shared_bytes: u64,
+    /// Warm spares waiting for `image provision` (`image warm`).
+    pub spares: usize,
     pub created: u64,
 }
 
@@ -618,6 +620,10 @@ pub fn inspect(ctx: &Ctx, pool: &str, reference: &str) -> Result<ImageInfo> {
             shared_with,
         });
     }
+    let spares = match layers.last() {
+        Some(top) => spare::count(ctx, pool, &top.volume)?,
+        None => 0,
+    };
     Ok(ImageInfo {
         reference: img.reference,
         config_digest: img.config_digest,
@@ -625,6 +631,7 @@ pub fn inspect(ctx: &Ctx, pool: &str, reference: &str) -> Result<ImageInfo> {
         fs: img.fs,
         layers,
         shared_bytes,
+        spares,
         created: img.created,
     })
 }
@@ -659,6 +666,16 @@ pub struct RemoveReport {
 pub fn remove(ctx: &Ctx, pool: &str, reference: &str) -> Result<RemoveReport> {
     let _lock = lock_images(ctx, pool)?;
     let img = load_image(ctx, pool, reference)?;
+    // The image's spares go first (a failure leaves the image as it was),
+    // unless another image has the same top layer.
+    if let Some(top) = img.top() {
+        let shared = list_images(ctx, pool)?
+            .iter()
+            .any(|o| o.reference != img.reference && o.top() == Some(top));
+        if !shared {
+            spare::remove_all(ctx, pool, &layer_volume_name(top))?;
+        }
+    }
     fsutil::remove_file_durable(&image_file(ctx, pool, reference)?)?;
     let mut report = RemoveReport {
         reference: reference.to_string(),
@@ -696,8 +713,21 @@ fn list_layers(ctx: &Ctx, pool: &str) -> Result<Vec<LayerRecord>> {
     read_records(&pool_path(ctx, pool, "layers")?)
 }
 
+/// The volume that holds the top layer of image `reference`.
+fn top_layer_volume(ctx: &Ctx, pool: &str, reference: &str) -> Result<String> {
+    let img = load_image(ctx, pool, reference)?;
+    let top = img
+        .top()
+        .ok_or_else(|| Error::Invalid(format!("image '{reference}' has no layers")))?;
+    let rec = load_layer(ctx, pool, top)?
+        .ok_or_else(|| Error::Drift(format!("image '{reference}': top layer has no record")))?;
+    Ok(rec.volume)
+}
+
 /// `dmctl image provision POOL REF NAME [--size SIZE] [--mount DIR]`: a
-/// writable snapshot of the image's top layer, active (and mounted).
+/// writable snapshot of the image's top layer, active (and mounted). A warm
+/// spare of the image (`image warm`) is handed out if there is one of that
+/// size; otherwise the snapshot is made now.
 pub fn provision(
     ctx: &Ctx,
     pool: &str,
@@ -706,17 +736,19 @@ pub fn provision(
     size: Option<u64>,
     mount_at: Option<&Path>,
 ) -> Result<volume::VolumeReport> {
-    let img = load_image(ctx, pool, reference)?;
-    let top = img
-        .top()
-        .ok_or_else(|| Error::Invalid(format!("image '{reference}' has no layers")))?;
-    let rec = load_layer(ctx, pool, top)?
-        .ok_or_else(|| Error::Drift(format!("image '{reference}': top layer has no record")))?;
-    let origin = VolumeRef::new(pool, &rec.volume)?;
+    let layer = top_layer_volume(ctx, pool, reference)?;
+    let origin = VolumeRef::new(pool, &layer)?;
     let new = VolumeRef::new(pool, name)?;
+    crate::names::check_not_reserved(name)?;
+    if ctx.store.load_volume(pool, name)?.is_none() {
+        if let Some(report) = spare::claim(ctx, &origin, &new, size, mount_at)? {
+            return Ok(report);
+        }
+    }
     match ctx.store.load_volume(pool, name)? {
-        // A provision interrupted after its snapshot: finish it.
-        Some(v) if v.parent.as_deref() == Some(rec.volume.as_str()) && v.mountpoint.is_none() => {
+        // A provision interrupted after its snapshot (or its claim of a
+        // spare): finish it.
+        Some(v) if v.parent.as_deref() == Some(layer.as_str()) && v.mountpoint.is_none() => {
             volume::activate(ctx, &new, false)?;
         }
         Some(_) => {
@@ -745,6 +777,20 @@ pub fn provision(
         }
     }
     volume::info(ctx, &new)
+}
+
+/// `dmctl image warm POOL REF --spares N [--size SIZE]`: keep N spares of
+/// the image ready for `image provision` (see `ops::spare`).
+pub fn warm(
+    ctx: &Ctx,
+    pool: &str,
+    reference: &str,
+    spares: usize,
+    size: Option<u64>,
+) -> Result<spare::WarmReport> {
+    let _lock = lock_images(ctx, pool)?;
+    let layer = top_layer_volume(ctx, pool, reference)?;
+    spare::warm(ctx, pool, reference, &layer, spares, size)
 }
 
 /// Write the changes of `v` against its parent as an OCI layer tar.

@@ -11,6 +11,7 @@ pub mod monitor;
 
 pub mod pool;
 pub mod repair;
+pub mod spare;
 pub mod txn;
 pub mod volume;
 

@@ -356,6 +356,7 @@ pub fn activate(ctx: &Ctx, pool: &str) -> Result<Vec<String>> {
         notes.push(format!("pool {pool}: activated"));
     }
     notes.extend(txn::recover(ctx, &mut rec)?);
+    notes.extend(super::spare::recover(ctx, &rec)?);
     for v in ctx.store.list_volumes(pool)? {
         if v.active && ctx.thin_device(&rec, &v)?.is_none() {
             volume::activate_device(ctx, &rec, &v, v.read_only)?;
@@ -422,6 +423,8 @@ fn mounted_volumes(ctx: &Ctx, rec: &PoolRecord) -> Result<Vec<String>> {
 pub fn deactivate(ctx: &Ctx, pool: &str) -> Result<()> {
     let _lock = ctx.store.lock_pool(pool)?;
     let rec = ctx.ready_pool(pool)?;
+    // Waiting spares are dmctl's own mounts: they go, the spares stay.
+    super::spare::unmount_all(ctx, &rec)?;
     let mounted = mounted_volumes(ctx, &rec)?;
     if !mounted.is_empty() {
         return Err(Error::Busy(format!(
@@ -447,6 +450,7 @@ pub fn destroy(ctx: &Ctx, pool: &str, force: bool) -> Result<()> {
     if rec.state == PoolState::Creating {
         return undo_create(ctx, &rec);
     }
+    super::spare::unmount_all(ctx, &rec)?;
     let mounted = mounted_volumes(ctx, &rec)?;
     if !mounted.is_empty() {
         return Err(Error::Busy(format!(

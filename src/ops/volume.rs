@@ -29,13 +29,13 @@ pub struct CreateRequest {
 
 /// Lock the pool, load it, and finish any interrupted transaction: the
 /// prologue of every mutating volume command.
-fn open_pool(ctx: &Ctx, pool: &str) -> Result<(crate::fsutil::LockFile, PoolRecord)> {
+pub(super) fn open_pool(ctx: &Ctx, pool: &str) -> Result<(crate::fsutil::LockFile, PoolRecord)> {
     open_active_pool(ctx, pool).map(|(lock, rec, _)| (lock, rec))
 }
 
 /// `open_pool`, also returning the pool's dm device (for commands that
 /// create thin devices: they need its device number).
-fn open_active_pool(
+pub(super) fn open_active_pool(
     ctx: &Ctx,
     pool: &str,
 ) -> Result<(crate::fsutil::LockFile, PoolRecord, DevInfo)> {
@@ -43,6 +43,9 @@ fn open_active_pool(
     let mut rec = ctx.ready_pool(pool)?;
     let pool_dev = ctx.active_pool_device(&rec)?;
     if let Some(note) = txn::recover(ctx, &mut rec)? {
+        eprintln!("dmctl: {note}");
+    }
+    if let Some(note) = super::spare::recover(ctx, &rec)? {
         eprintln!("dmctl: {note}");
     }
     Ok((lock, rec, pool_dev))
@@ -128,7 +131,7 @@ fn check_room(pool: &PoolRecord, s: &PoolStatus) -> Result<()> {
     Ok(())
 }
 
-fn check_new_name(ctx: &Ctx, pool: &PoolRecord, name: &str) -> Result<()> {
+pub(super) fn check_new_name(ctx: &Ctx, pool: &PoolRecord, name: &str) -> Result<()> {
     validate_name("volume", name)?;
     let dm_name = names::thin_dm_name(&pool.name, name);
     names::check_dm_name(&dm_name)?;
@@ -264,6 +267,7 @@ fn new_record(pool: &PoolRecord, name: &str, size: u64) -> VolumeRecord {
 /// volume, active, formatted.
 pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
     let size = check_size(req.size)?;
+    names::check_not_reserved(&req.volume.name)?;
     let (_lock, mut pool, pool_dev) = open_active_pool(ctx, &req.volume.pool)?;
     check_new_name(ctx, &pool, &req.volume.name)?;
     check_room(&pool, &room_status(ctx, &pool)?)?;
@@ -323,6 +327,7 @@ pub fn snapshot(
     size: Option<u64>,
     activate: bool,
 ) -> Result<VolumeRecord> {
+    names::check_not_reserved(&new.name)?;
     let (_lock, mut pool, pool_dev) = open_snapshot_pool(ctx, origin, new)?;
     snapshot_locked(ctx, &mut pool, &pool_dev, origin, new, size, activate).map(|(v, _)| v)
 }
@@ -343,7 +348,7 @@ fn open_snapshot_pool(
 
 /// `snapshot` with the pool locked by the caller. Returns the new record
 /// and, if activated, its device.
-fn snapshot_locked(
+pub(super) fn snapshot_locked(
     ctx: &Ctx,
     pool: &mut PoolRecord,
     pool_dev: &DevInfo,
@@ -554,7 +559,7 @@ pub fn mount(
 /// by this command, so it cannot be mounted yet and the mount table (which
 /// grows with every mount on the host) is not read.
 #[allow(clippy::too_many_arguments)]
-fn mount_locked(
+pub(super) fn mount_locked(
     ctx: &Ctx,
     pool: &PoolRecord,
     vol: &mut VolumeRecord,
@@ -580,6 +585,21 @@ fn mount_locked(
     if !fresh && mount::mountpoints_of(info.devno)?.contains(&dir) {
         return Ok(dir);
     }
+    mount_device(fs, info, &dir, read_only || vol.read_only, options)?;
+    vol.active = true;
+    vol.mountpoint = Some(dir.clone());
+    ctx.store.save_volume(&pool.name, vol)?;
+    Ok(dir)
+}
+
+/// Mount a volume's device: the kernel call alone, nothing recorded.
+pub(super) fn mount_device(
+    fs: Filesystem,
+    info: &DevInfo,
+    dir: &Path,
+    read_only: bool,
+    options: &str,
+) -> Result<()> {
     let mut opts = options.to_string();
     if fs == Filesystem::Xfs {
         // Snapshots share their origin's XFS UUID.
@@ -589,17 +609,7 @@ fn mount_locked(
             format!("{opts},nouuid")
         };
     }
-    mount::mount(
-        &devnode(info),
-        &dir,
-        fs.as_str(),
-        read_only || vol.read_only,
-        &opts,
-    )?;
-    vol.active = true;
-    vol.mountpoint = Some(dir.clone());
-    ctx.store.save_volume(&pool.name, vol)?;
-    Ok(dir)
+    mount::mount(&devnode(info), dir, fs.as_str(), read_only, &opts)
 }
 
 /// `dmctl umount POOL/NAME`: unmount it wherever it is mounted.
@@ -641,8 +651,18 @@ pub fn umount(ctx: &Ctx, v: &VolumeRef) -> Result<Vec<PathBuf>> {
 /// leave the id and its record behind until the holder lets go.
 pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
     let (_lock, mut pool) = open_pool(ctx, &v.pool)?;
+    remove_locked(ctx, &mut pool, v, force)
+}
+
+/// `remove` with the pool locked by the caller.
+pub(super) fn remove_locked(
+    ctx: &Ctx,
+    pool: &mut PoolRecord,
+    v: &VolumeRef,
+    force: bool,
+) -> Result<()> {
     let vol = ctx.store.volume(&v.pool, &v.name)?;
-    let was_active = ctx.thin_device(&pool, &vol)?;
+    let was_active = ctx.thin_device(pool, &vol)?;
     let open_msg = "is open (the kernel cannot delete an open thin device; \
                     close it and run rm again)";
     // Everything that can refuse comes before the transaction opens.
@@ -689,7 +709,7 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
                 Err(Errno::EBUSY) => return Err(busy(v, info, None, open_msg)),
                 Err(e) => return Err(Error::io(&node, e.into())),
             };
-            match ctx.thin_device(&pool, &vol)? {
+            match ctx.thin_device(pool, &vol)? {
                 Some(now) if now.open_count <= 1 => {}
                 Some(now) => return Err(busy(v, &now, None, open_msg)),
                 None => {
@@ -704,7 +724,7 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
     };
     let t = txn::begin(
         ctx,
-        &pool,
+        pool,
         TxnOp::Delete {
             volume: vol.clone(),
         },
@@ -716,7 +736,7 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
         let (file, node) = match claimed {
             Some(held) => held,
             None => {
-                let info = activate_device(ctx, &pool, &vol, false)?;
+                let info = activate_device(ctx, pool, &vol, false)?;
                 let node = devnode(&info);
                 let file = blockdev::claim(&node).map_err(|e| Error::io(&node, e.into()))?;
                 (file, node)
@@ -724,9 +744,9 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
         };
         blockdev::discard_open(&file, &node, 0, vol.size)?;
         drop(file);
-        if let Err(e) = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false) {
+        if let Err(e) = ctx.dm()?.remove(&ctx.thin_dm_name(pool, &vol), false) {
             return Err(match e {
-                Error::Busy(_) => match ctx.thin_device(&pool, &vol)? {
+                Error::Busy(_) => match ctx.thin_device(pool, &vol)? {
                     Some(info) => busy(v, &info, None, open_msg),
                     None => e,
                 },
@@ -739,18 +759,18 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
         // Nothing is committed yet: close the transaction and put the
         // device back the way it was.
         ctx.store.clear_txn(&pool.name)?;
-        let active_now = ctx.thin_device(&pool, &vol)?.is_some();
+        let active_now = ctx.thin_device(pool, &vol)?.is_some();
         if was_active.is_some() && !active_now {
-            activate_device(ctx, &pool, &vol, vol.read_only)?;
+            activate_device(ctx, pool, &vol, vol.read_only)?;
         } else if was_active.is_none() && active_now {
-            let _ = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false);
+            let _ = ctx.dm()?.remove(&ctx.thin_dm_name(pool, &vol), false);
         }
         return Err(e);
     }
     crate::crashpoint::hit("rm:after-device-removed");
-    txn::delete_thin_id(ctx, &pool, vol.device_id)?;
+    txn::delete_thin_id(ctx, pool, vol.device_id)?;
     crate::crashpoint::hit("rm:after-delete");
-    txn::commit(ctx, &mut pool, &t)
+    txn::commit(ctx, pool, &t)
 }
 
 /// `dmctl resize POOL/NAME --size SIZE`: grow the device and its filesystem.
@@ -901,7 +921,7 @@ fn report(
 
 /// The report of a volume this command has just activated (and mounted at
 /// `mountpoint`): what it knows is not looked up again.
-fn report_fresh(
+pub(super) fn report_fresh(
     ctx: &Ctx,
     pool: &PoolRecord,
     vol: VolumeRecord,

@@ -5,6 +5,8 @@
 //!   locks/POOL.lock          flock: held exclusively by mutating commands
 //!   pools/POOL/pool.json     PoolRecord
 //!   pools/POOL/txn.json      Transaction, only while one is open
+//!   pools/POOL/claim.json    Claim of a warm spare, only while one is open
+//!   pools/POOL/spares/NAME/  mount points of warm spares (ops::spare)
 //!   pools/POOL/devices/NAME.json  VolumeRecord
 //!   pools/POOL/data.img, meta.img  sparse backing files (file-backed pools)
 //! ```
@@ -17,7 +19,7 @@ pub mod model;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, LockFile};
 use crate::names::validate_name;
-use model::{PoolRecord, Transaction, VolumeRecord};
+use model::{Claim, PoolRecord, Transaction, VolumeRecord};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/dmctl";
@@ -53,6 +55,10 @@ impl Store {
 
     fn txn_file(&self, pool: &str) -> Result<PathBuf> {
         Ok(self.pool_dir(pool)?.join("txn.json"))
+    }
+
+    fn claim_file(&self, pool: &str) -> Result<PathBuf> {
+        Ok(self.pool_dir(pool)?.join("claim.json"))
     }
 
     fn devices_dir(&self, pool: &str) -> Result<PathBuf> {
@@ -167,5 +173,22 @@ impl Store {
 
     pub fn clear_txn(&self, pool: &str) -> Result<()> {
         fsutil::remove_file_durable(&self.txn_file(pool)?).map(|_| ())
+    }
+
+    pub fn load_claim(&self, pool: &str) -> Result<Option<Claim>> {
+        fsutil::read_json_opt(&self.claim_file(pool)?)
+    }
+
+    /// Whether a claim is open, without reading it.
+    pub fn has_claim(&self, pool: &str) -> Result<bool> {
+        Ok(self.claim_file(pool)?.exists())
+    }
+
+    pub fn save_claim(&self, pool: &str, claim: &Claim) -> Result<()> {
+        fsutil::write_json_atomic(&self.claim_file(pool)?, claim)
+    }
+
+    pub fn clear_claim(&self, pool: &str) -> Result<()> {
+        fsutil::remove_file_durable(&self.claim_file(pool)?).map(|_| ())
     }
 }

@@ -122,6 +122,21 @@ pub enum TxnOp {
     Delete { volume: VolumeRecord },
 }
 
+/// A warm spare being handed out under a user's name by `image provision`
+/// (see `ops::spare`). Written before the dm rename; removed once the
+/// volume's record under its new name is saved. No pool transaction: the
+/// kernel's thin metadata does not change, only names and a mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The spare's record as it was.
+    pub spare: VolumeRecord,
+    /// The name it takes.
+    pub name: String,
+    /// Where it is to be mounted (canonical), if anywhere.
+    pub mount_at: Option<PathBuf>,
+    pub started: u64,
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
