@@ -737,6 +737,7 @@ fn image_warm_spares_are_handed_out_by_provision() {
         .collect();
     assert_eq!(spares.len(), 3);
     assert_eq!(d.json(&["image", "inspect", "wm", "v2"])["spares"], 3);
+    common::check_invariants(&d, "wm");
     let again = d.json(&["image", "warm", "wm", "v2", "--spares", "3"]);
     assert_eq!(
         (again["made"].clone(), again["removed"].clone()),

@@ -62,7 +62,9 @@ run dmctl image import demo /tmp/img --name v2 --size 256M
 run dmctl image ls demo
 run dmctl image inspect demo v2
 mkdir -p /mnt/job
+run dmctl image warm demo v2 --spares 2
 run dmctl image provision demo v2 job1 --mount /mnt/job
+echo "(job1 is a warm spare handed out: renamed, its mount moved)"
 echo "  /mnt/job/app/VERSION: $(cat /mnt/job/app/VERSION); etc/app.conf: $(cat /mnt/job/etc/app.conf 2>/dev/null || echo '(deleted in v2)')"
 echo "built by the CI job" >/mnt/job/app/artifact
 rm /mnt/job/bin/sh

@@ -740,7 +740,9 @@ pub fn provision(
     let origin = VolumeRef::new(pool, &layer)?;
     let new = VolumeRef::new(pool, name)?;
     crate::names::check_not_reserved(name)?;
-    if ctx.store.load_volume(pool, name)?.is_none() {
+    // An open claim (a crashed provision) is rolled forward by `claim`
+    // before the name is looked at.
+    if ctx.store.has_claim(pool)? || ctx.store.load_volume(pool, name)?.is_none() {
         if let Some(report) = spare::claim(ctx, &origin, &new, size, mount_at)? {
             return Ok(report);
         }
