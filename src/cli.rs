@@ -332,7 +332,10 @@ pub fn main() -> i32 {
         }
         e.exit()
     });
-    match run(&cli) {
+    let result = run(&cli);
+    // With -v: when the work ended (what follows is the process's exit).
+    dmctl::trace::step(|| "done".into());
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dmctl: error: {}", format!("{e:#}").replace('\n', " "));
