@@ -888,6 +888,38 @@ fn bench(cfg: &Config) -> Result<()> {
             .map(drop)
         })
     };
+    // `dmctl image provision POOL REF NAME --mount mnt/NAME`, timed.
+    let provision = |name: &str| -> Result<Duration> {
+        let m = mnt.join(name);
+        fs::create_dir_all(&m)?;
+        timed(|| {
+            run(b
+                .dmctl()
+                .args(["image", "provision", &pool, REF, name, "--mount"])
+                .arg(&m))
+            .map(drop)
+        })
+        .with_context(|| format!("provision {name}"))
+    };
+    // The same with -v, its trace printed under `what`.
+    let traced_provision = |name: &str, what: &str| -> Result<()> {
+        let m = mnt.join(name);
+        fs::create_dir_all(&m)?;
+        let t = Instant::now();
+        let (_, err) = run_full(
+            b.dmctl()
+                .args(["-v", "image", "provision", &pool, REF, name, "--mount"])
+                .arg(&m),
+        )?;
+        print_trace(
+            &format!(
+                "{what} with -v ({} ms from spawn to exit; not in the table)",
+                fmt_ms(ms(t.elapsed()))
+            ),
+            &err,
+        );
+        Ok(())
+    };
     let mut prov = vec![];
     let mut over = vec![];
     let mut flo = vec![];
@@ -896,24 +928,7 @@ fn bench(cfg: &Config) -> Result<()> {
         fs::create_dir_all(&f)?;
         let d = timed(|| floor.provision(cfg, i, &f)).with_context(|| format!("floor {i}"))?;
         flo.push(d);
-        let m = mnt.join(format!("job{i}"));
-        fs::create_dir_all(&m)?;
-        let d = timed(|| {
-            run(b
-                .dmctl()
-                .args([
-                    "image",
-                    "provision",
-                    &pool,
-                    REF,
-                    &format!("job{i}"),
-                    "--mount",
-                ])
-                .arg(&m))
-            .map(drop)
-        })
-        .with_context(|| format!("provision job{i}"))?;
-        prov.push(d);
+        prov.push(provision(&format!("job{i}"))?);
         over.push(overlay_mount(&ov.join(i.to_string())).with_context(|| format!("overlay {i}"))?);
     }
     let fmt_all = |v: &[Duration]| {
@@ -947,21 +962,7 @@ fn bench(cfg: &Config) -> Result<()> {
 
     // Where a provision's time goes: one more, not in the table, with -v,
     // then its removal with -v.
-    let m = mnt.join("traced");
-    fs::create_dir_all(&m)?;
-    let t = Instant::now();
-    let (_, err) = run_full(
-        b.dmctl()
-            .args(["-v", "image", "provision", &pool, REF, "traced", "--mount"])
-            .arg(&m),
-    )?;
-    print_trace(
-        &format!(
-            "one more provision with -v ({} ms from spawn to exit; not in the table)",
-            fmt_ms(ms(t.elapsed()))
-        ),
-        &err,
-    );
+    traced_provision("traced", "one more provision")?;
     let t = Instant::now();
     let (_, err) = run_full(
         b.dmctl()
@@ -1003,24 +1004,7 @@ fn bench(cfg: &Config) -> Result<()> {
     let mut wprov = vec![];
     let mut wover = vec![];
     for i in 1..=cfg.provisions {
-        let m = mnt.join(format!("warm{i}"));
-        fs::create_dir_all(&m)?;
-        let d = timed(|| {
-            run(b
-                .dmctl()
-                .args([
-                    "image",
-                    "provision",
-                    &pool,
-                    REF,
-                    &format!("warm{i}"),
-                    "--mount",
-                ])
-                .arg(&m))
-            .map(drop)
-        })
-        .with_context(|| format!("provision warm{i}"))?;
-        wprov.push(d);
+        wprov.push(provision(&format!("warm{i}"))?);
         wover.push(
             overlay_mount(&ov.join(format!("w{i}"))).with_context(|| format!("overlay w{i}"))?,
         );
@@ -1046,29 +1030,7 @@ fn bench(cfg: &Config) -> Result<()> {
     run(b
         .dmctl()
         .args(["image", "warm", &pool, REF, "--spares", "1"]))?;
-    let m = mnt.join("traced-warm");
-    fs::create_dir_all(&m)?;
-    let t = Instant::now();
-    let (_, err) = run_full(
-        b.dmctl()
-            .args([
-                "-v",
-                "image",
-                "provision",
-                &pool,
-                REF,
-                "traced-warm",
-                "--mount",
-            ])
-            .arg(&m),
-    )?;
-    print_trace(
-        &format!(
-            "one more warm provision with -v ({} ms from spawn to exit; not in the table)",
-            fmt_ms(ms(t.elapsed()))
-        ),
-        &err,
-    );
+    traced_provision("traced-warm", "one more warm provision")?;
     run(b
         .dmctl()
         .args(["rm", &format!("{pool}/traced-warm"), "--force"]))?;
@@ -1146,75 +1108,61 @@ fn bench(cfg: &Config) -> Result<()> {
     println!("- dmctl / tar of uncompressed layers: {:.2}", dm / tr);
     println!("- dmctl / umoci unpack: **{:.2}**", dm / um);
 
-    let (pm, pp, px) = stats(&prov);
-    let (om, op, ox) = stats(&over);
-    let (fm, fp, fx) = stats(&flo);
     println!(
         "\nProvisioning, {} each, interleaved (ms):\n",
         cfg.provisions
     );
     println!("| operation | p50 | p95 | max |");
     println!("|---|---:|---:|---:|");
-    println!(
-        "| dmctl image provision --mount | {} | {} | {} |",
-        fmt_ms(pm),
-        fmt_ms(pp),
-        fmt_ms(px)
+    let (pm, pp) = latency_row("dmctl image provision --mount", &prov);
+    let (fm, _) = latency_row(
+        "kernel floor: create_snap + dm create + mount (one static process)",
+        &flo,
     );
-    println!(
-        "| kernel floor: create_snap + dm create + mount (one static process) | {} | {} | {} |",
-        fmt_ms(fm),
-        fmt_ms(fp),
-        fmt_ms(fx)
-    );
-    println!(
-        "| mount -t overlay (fresh upper on tmpfs) | {} | {} | {} |",
-        fmt_ms(om),
-        fmt_ms(op),
-        fmt_ms(ox)
-    );
-    println!(
-        "\n- provision p50 / overlay p50: **{:.2}** (target < 3: {})",
-        pm / om,
-        if pm / om < 3.0 { "met" } else { "MISSED" }
-    );
-    println!("- provision p95 / overlay p95: {:.2}", pp / op);
+    let (om, op) = latency_row("mount -t overlay (fresh upper on tmpfs)", &over);
+    against_overlay("provision", (pm, pp), (om, op));
     println!(
         "- kernel floor p50 / overlay p50: {:.2} (what no tool that makes a thin snapshot \
          and mounts it can beat)",
         fm / om
     );
     println!("- provision p50 / kernel floor p50: {:.2}", pm / fm);
-    let (wm, wp, wx) = stats(&wprov);
-    let (wom, wop, wox) = stats(&wover);
     println!(
         "\nWarm provisioning (spares made ahead by `image warm`), {} each, interleaved (ms):\n",
         cfg.provisions
     );
     println!("| operation | p50 | p95 | max |");
     println!("|---|---:|---:|---:|");
-    println!(
-        "| dmctl image provision --mount (hands out a spare) | {} | {} | {} |",
-        fmt_ms(wm),
-        fmt_ms(wp),
-        fmt_ms(wx)
-    );
-    println!(
-        "| mount -t overlay (fresh upper on tmpfs) | {} | {} | {} |",
-        fmt_ms(wom),
-        fmt_ms(wop),
-        fmt_ms(wox)
-    );
-    println!(
-        "\n- warm provision p50 / overlay p50: **{:.2}** (target < 3: {})",
-        wm / wom,
-        if wm / wom < 3.0 { "met" } else { "MISSED" }
-    );
-    println!("- warm provision p95 / overlay p95: {:.2}", wp / wop);
+    let warm = latency_row("dmctl image provision --mount (hands out a spare)", &wprov);
+    let overlay = latency_row("mount -t overlay (fresh upper on tmpfs)", &wover);
+    against_overlay("warm provision", warm, overlay);
     println!(
         "- image warm, per spare: {} ms (the cold provision's work, done ahead)",
         fmt_ms(ms(warm_time) / cfg.provisions as f64)
     );
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// A `| label | p50 | p95 | max |` table row; returns (p50, p95) in ms.
+fn latency_row(label: &str, samples: &[Duration]) -> (f64, f64) {
+    let (p50, p95, max) = stats(samples);
+    println!(
+        "| {label} | {} | {} | {} |",
+        fmt_ms(p50),
+        fmt_ms(p95),
+        fmt_ms(max)
+    );
+    (p50, p95)
+}
+
+/// The ratios of `what` (p50, p95) to the overlay mount's, with the
+/// issue's target (p50 under 3x).
+fn against_overlay(what: &str, (p50, p95): (f64, f64), (o50, o95): (f64, f64)) {
+    println!(
+        "\n- {what} p50 / overlay p50: **{:.2}** (target < 3: {})",
+        p50 / o50,
+        if p50 / o50 < 3.0 { "met" } else { "MISSED" }
+    );
+    println!("- {what} p95 / overlay p95: {:.2}", p95 / o95);
 }

@@ -690,13 +690,6 @@ fn mount_id(at: &Path) -> Option<String> {
         .map(|f| f[0].to_string())
 }
 
-fn dm_names() -> Vec<String> {
-    common::run("dmsetup", &["--noudevsync", "ls"])
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
-
 #[test]
 fn image_warm_spares_are_handed_out_by_provision() {
     require_dm!("image_warm_spares_are_handed_out_by_provision");
@@ -769,7 +762,7 @@ fn image_warm_spares_are_handed_out_by_provision() {
         PathBuf::from(r["mountpoint"].as_str().unwrap()),
         fs::canonicalize(&job).unwrap()
     );
-    let names = dm_names();
+    let names = common::dm_names();
     assert!(names.contains(&"dmctl+wm+job".to_string()), "{names:?}");
     assert!(!names.iter().any(|n| n.ends_with(&spares[0])), "{names:?}");
     let mps = mount_points();
@@ -860,7 +853,7 @@ fn image_warm_spares_are_handed_out_by_provision() {
 
     common::step("image rm takes the spares with it");
     d.ok(&["image", "rm", "wm", "v2"]);
-    let names = dm_names();
+    let names = common::dm_names();
     assert!(!names.iter().any(|n| n.contains("spare.")), "{names:?}");
     assert!(!mount_points()
         .iter()

@@ -100,13 +100,6 @@ mod dm_reliability {
         p
     }
 
-    fn dm_names() -> Vec<String> {
-        common::run("dmsetup", &["--noudevsync", "ls"])
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
-    }
-
     /// Write `len` bytes of a pattern made from `seed` at the start of a device.
     fn pattern(seed: u8, len: usize) -> Vec<u8> {
         (0..len)
@@ -423,7 +416,7 @@ mod dm_reliability {
         d.ok(&["rm", "rel-busy/v", "--force"]);
         cases += 1;
         assert!(d.fails(&["info", "rel-busy/v"]).contains("not found"));
-        assert!(!dm_names().iter().any(|n| n.ends_with("+v")));
+        assert!(!common::dm_names().iter().any(|n| n.ends_with("+v")));
 
         // A process with the device node open (not mounted).
         d.ok(&["create", "rel-busy/raw", "--size", "16M", "--fs", "none"]);
@@ -632,7 +625,10 @@ mod dm_reliability {
                 &["pool", "activate", pool],
                 &["thin_check", "dmctl pool repair rel-meta"],
             );
-            assert!(!dm_names().iter().any(|n| n.contains("rel-meta")), "{line}");
+            assert!(
+                !common::dm_names().iter().any(|n| n.contains("rel-meta")),
+                "{line}"
+            );
             let before: BTreeSet<PathBuf> = std::fs::read_dir(&dir)
                 .unwrap()
                 .map(|e| e.unwrap().path())

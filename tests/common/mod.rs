@@ -398,6 +398,14 @@ pub fn loops() -> Vec<String> {
     out
 }
 
+/// Names of every dm device (`dmsetup ls`).
+pub fn dm_names() -> Vec<String> {
+    run("dmsetup", &["--noudevsync", "ls"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
 /// The world as `d`'s commands can change it.
 pub fn world(d: &Dmctl) -> World {
     let status = run("dmsetup", &["--noudevsync", "status"]);
