@@ -745,6 +745,27 @@ fn image_warm_spares_are_handed_out_by_provision() {
     let spare_dev = spare_info["device_id"].clone();
     let spare_mount_id = mount_id(&spare_mp).unwrap();
 
+    common::step("refused provisions leave the spares as they were");
+    let before = common::world(&d);
+    let missing = work.join("no-such-dir");
+    let err = d.fails(&[
+        "image",
+        "provision",
+        "wm",
+        "v2",
+        "j",
+        "--mount",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(err.contains("no-such-dir"), "{err}");
+    let err = d.fails(&["image", "provision", "wm", "v2", "cold"]);
+    assert!(err.contains("exists"), "{err}");
+    assert_eq!(
+        before,
+        common::world(&d),
+        "a refused provision changed the world"
+    );
+
     common::step("provision hands the first spare out: renamed, its mount moved");
     let job = dir("job");
     let r = d.json(&[
