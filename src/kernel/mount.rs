@@ -316,6 +316,14 @@ pub fn umount(target: &Path) -> Result<()> {
     umount_with(target, MntFlags::empty())
 }
 
+/// Unmount `target` if it is a mount point; one that is not is fine.
+pub fn umount_if_mounted(target: &Path) -> Result<()> {
+    match umount(target) {
+        Ok(()) | Err(Error::Invalid(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Lazily unmount `target` (MNT_DETACH): detach it now, release the file
 /// system when its last user is gone.
 pub fn umount_lazy(target: &Path) -> Result<()> {

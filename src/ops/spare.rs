@@ -147,8 +147,7 @@ pub fn warm(
             continue;
         }
         if report.spares.len() >= want {
-            volume::remove_locked(ctx, &mut pool, &VolumeRef::new(pool_name, &name)?, true)?;
-            let _ = std::fs::remove_dir(spare_mountpoint(ctx, pool_name, &name)?);
+            remove_spare(ctx, &mut pool, &name)?;
             report.removed += 1;
             continue;
         }
@@ -203,7 +202,7 @@ pub fn claim(
     }
     volume::check_new_name(ctx, &pool, &new.name)?;
     let target = match mount_at {
-        Some(dir) => Some(mount_target(dir)?),
+        Some(dir) => Some(volume::mount_dir(dir)?),
         None => None,
     };
     let size = match size {
@@ -237,18 +236,6 @@ pub fn claim(
     Ok(None)
 }
 
-/// A mount point given by the user: canonical, and a directory.
-fn mount_target(dir: &Path) -> Result<PathBuf> {
-    let dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
-    if !dir.is_dir() {
-        return Err(Error::Invalid(format!(
-            "{}: not a directory",
-            dir.display()
-        )));
-    }
-    Ok(dir)
-}
-
 /// Steps 2 to 4 of a claim (see the module's comment), for the command
 /// that journaled it. A mount that cannot be placed undoes the rename.
 fn hand_out(
@@ -269,13 +256,12 @@ fn hand_out(
                     return Err(e);
                 }
             },
-            None => match mount::umount(&spare_at) {
-                Ok(()) | Err(Error::Invalid(_)) => {}
-                Err(e) => {
+            None => {
+                if let Err(e) = mount::umount_if_mounted(&spare_at) {
                     undo_rename(ctx, pool, claim)?;
                     return Err(e);
                 }
-            },
+            }
         }
     }
     crate::crashpoint::hit("claim:mounted");
@@ -322,13 +308,9 @@ fn place_mount(claim: &Claim, info: &DevInfo, spare_at: &Path, target: &Path) ->
         ))
     })?;
     volume::mount_device(fs, info, target, false, "")?;
-    match mount::umount(spare_at) {
-        Ok(()) | Err(Error::Invalid(_)) => Ok(()),
-        Err(e) => {
-            let _ = mount::umount(target);
-            Err(e)
-        }
-    }
+    mount::umount_if_mounted(spare_at).inspect_err(|_| {
+        let _ = mount::umount(target);
+    })
 }
 
 /// Step 4: the volume's record under its new name; the spare's goes, then
@@ -390,20 +372,23 @@ pub fn unmount_all(ctx: &Ctx, pool: &PoolRecord) -> Result<()> {
         if !names::is_spare_name(&name) {
             continue;
         }
-        match mount::umount(&spare_mountpoint(ctx, &pool.name, &name)?) {
-            Ok(()) | Err(Error::Invalid(_)) => {}
-            Err(e) => return Err(e),
-        }
+        mount::umount_if_mounted(&spare_mountpoint(ctx, &pool.name, &name)?)?;
         if let Some(mut rec) = ctx.store.load_volume(&pool.name, &name)? {
             if rec.mountpoint.take().is_some() {
                 ctx.store.save_volume(&pool.name, &rec)?;
             }
         }
     }
-    match mount::umount(&dir) {
-        Ok(()) | Err(Error::Invalid(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
+    mount::umount_if_mounted(&dir)
+}
+
+/// Remove one spare (mounted, as it waits) and its mount point; the pool
+/// is locked by the caller.
+fn remove_spare(ctx: &Ctx, pool: &mut PoolRecord, name: &str) -> Result<()> {
+    let v = VolumeRef::new(&pool.name, name)?;
+    volume::remove_locked(ctx, pool, &v, true)?;
+    let _ = std::fs::remove_dir(spare_mountpoint(ctx, &v.pool, name)?);
+    Ok(())
 }
 
 /// Remove every spare of `layer_volume` (`image rm`, `image warm
@@ -415,8 +400,7 @@ pub fn remove_all(ctx: &Ctx, pool_name: &str, layer_volume: &str) -> Result<usiz
     }
     let (_lock, mut pool) = volume::open_pool(ctx, pool_name)?;
     for (_, name) in &spares {
-        volume::remove_locked(ctx, &mut pool, &VolumeRef::new(pool_name, name)?, true)?;
-        let _ = std::fs::remove_dir(spare_mountpoint(ctx, pool_name, name)?);
+        remove_spare(ctx, &mut pool, name)?;
     }
     Ok(spares.len())
 }

@@ -575,13 +575,7 @@ pub(super) fn mount_locked(
             pool.name, vol.name
         ))
     })?;
-    let dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
-    if !dir.is_dir() {
-        return Err(Error::Invalid(format!(
-            "{}: not a directory",
-            dir.display()
-        )));
-    }
+    let dir = mount_dir(dir)?;
     if !fresh && mount::mountpoints_of(info.devno)?.contains(&dir) {
         return Ok(dir);
     }
@@ -589,6 +583,18 @@ pub(super) fn mount_locked(
     vol.active = true;
     vol.mountpoint = Some(dir.clone());
     ctx.store.save_volume(&pool.name, vol)?;
+    Ok(dir)
+}
+
+/// A mount point given by the user: canonical, and a directory.
+pub(super) fn mount_dir(dir: &Path) -> Result<PathBuf> {
+    let dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if !dir.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: not a directory",
+            dir.display()
+        )));
+    }
     Ok(dir)
 }
 
