@@ -39,7 +39,11 @@ fn check(name: &str, required: bool, res: Result<String, String>) -> Check {
 fn dm_control() -> Result<String, String> {
     let dm = devicemapper::DM::new().map_err(|e| {
         if Path::new("/dev/mapper/control").exists() {
-            format!("/dev/mapper/control: {e}")
+            if nix::unistd::geteuid().is_root() {
+                format!("/dev/mapper/control: {e}")
+            } else {
+                format!("/dev/mapper/control: {e} (needs root)")
+            }
         } else {
             "/dev/mapper/control missing: this kernel has no device-mapper (modprobe dm-mod)"
                 .to_string()
@@ -61,7 +65,13 @@ fn thin_pool_target() -> Result<String, String> {
 fn loop_control() -> Result<String, String> {
     loopdev::LoopControl::open()
         .map(|_| "/dev/loop-control".to_string())
-        .map_err(|e| format!("/dev/loop-control: {e} (modprobe loop)"))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM) => format!("/dev/loop-control: {e} (needs root)"),
+            _ if !Path::new("/dev/loop-control").exists() => {
+                "/dev/loop-control missing (modprobe loop)".to_string()
+            }
+            _ => format!("/dev/loop-control: {e}"),
+        })
 }
 
 fn udev() -> Result<String, String> {

@@ -129,30 +129,27 @@ pub fn parse_size(s: &str) -> Result<u64> {
     u64::try_from(total).map_err(|_| too_large())
 }
 
-/// Format a byte count for humans: exact with the largest unit that divides
-/// it (`10G`, `64K`, `512`), otherwise with one decimal in the largest unit
-/// not greater than it (`1.5G`, `1.0G` for a little more than 1 GiB).
-///
-/// Exact results parse back to the same value with [`parse_size`].
+/// Format a byte count for humans, as `lsblk` does: the largest binary unit
+/// not greater than it, one decimal, `.0` dropped (`10G`, `1.5G`, `49.1M`,
+/// `512B`). Sizes that are whole tenths of their unit parse back to the
+/// same value with [`parse_size`].
 pub fn format_size(bytes: u64) -> String {
-    if let Some(&(unit, mult)) = UNITS
-        .iter()
-        .find(|&&(_, mult)| bytes >= mult && bytes.is_multiple_of(mult))
-    {
-        return format!("{}{unit}", bytes / mult);
-    }
     let Some(idx) = UNITS.iter().position(|&(_, mult)| bytes >= mult) else {
-        return bytes.to_string();
+        return format!("{bytes}B");
     };
     let (mut unit, mut mult) = UNITS[idx];
     // Tenths of the unit, rounded half up, in exact integer arithmetic.
     let mut tenths = (u128::from(bytes) * 10 + u128::from(mult) / 2) / u128::from(mult);
-    // 1023.96K rounds to 1024.0K; show that as 1.0M instead.
+    // 1023.96K rounds to 1024.0K; show that as 1M instead.
     if tenths >= 10240 && idx > 0 {
         (unit, mult) = UNITS[idx - 1];
         tenths = (u128::from(bytes) * 10 + u128::from(mult) / 2) / u128::from(mult);
     }
-    format!("{}.{}{unit}", tenths / 10, tenths % 10)
+    if tenths % 10 == 0 {
+        format!("{}{unit}", tenths / 10)
+    } else {
+        format!("{}.{}{unit}", tenths / 10, tenths % 10)
+    }
 }
 
 /// Bytes to sectors, truncating. Use [`require_sector_multiple`] to reject
@@ -271,14 +268,13 @@ mod tests {
     }
 
     #[test]
-    fn format_exact() {
-        assert_eq!(format_size(0), "0");
-        assert_eq!(format_size(1), "1");
-        assert_eq!(format_size(512), "512");
-        assert_eq!(format_size(1023), "1023");
+    fn format_whole_units() {
+        assert_eq!(format_size(0), "0B");
+        assert_eq!(format_size(1), "1B");
+        assert_eq!(format_size(512), "512B");
+        assert_eq!(format_size(1023), "1023B");
         assert_eq!(format_size(K), "1K");
         assert_eq!(format_size(64 * K), "64K");
-        assert_eq!(format_size(1536 * K), "1536K");
         assert_eq!(format_size(10 * G), "10G");
         assert_eq!(format_size(T), "1T");
         assert_eq!(format_size(3 * P), "3P");
@@ -286,29 +282,31 @@ mod tests {
     }
 
     #[test]
-    fn format_approximate() {
-        assert_eq!(format_size(1025), "1.0K");
+    fn format_one_decimal_like_lsblk() {
+        // The three forms the old format mixed in one listing.
+        assert_eq!(format_size(49 * M), "49M");
+        assert_eq!(format_size(50240 * K), "49.1M");
+        assert_eq!(format_size(1536 * K), "1.5M");
+        assert_eq!(format_size(1025), "1K");
         assert_eq!(format_size(1536 + 1), "1.5K");
         assert_eq!(format_size(G + G / 2 + 1), "1.5G");
-        assert_eq!(format_size(G + 1), "1.0G");
-        assert_eq!(format_size(M - 1), "1.0M");
-        assert_eq!(format_size(u64::MAX), "16384.0P");
-        assert_eq!(format_size(10 * G - 1), "10.0G");
+        assert_eq!(format_size(G + 1), "1G");
+        assert_eq!(format_size(M - 1), "1M");
+        assert_eq!(format_size(u64::MAX), "16384P");
+        assert_eq!(format_size(10 * G - 1), "10G");
     }
 
     #[test]
-    fn format_round_trips_exact_values() {
+    fn format_round_trips_whole_tenths() {
         for v in [
-            0,
-            1,
-            512,
             K,
             3 * K,
+            1536 * K,
             5 * M,
             7 * G,
             9 * T,
             11 * P,
-            u64::MAX - 1023,
+            2 * G + G / 2,
         ] {
             assert_eq!(parse_size(&format_size(v)).unwrap(), v, "{v}");
         }

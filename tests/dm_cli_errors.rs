@@ -38,8 +38,8 @@ mod dm_cli_errors {
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(2), "dmctl {args:?}: {err}");
         let line = err.lines().next().unwrap_or_default().to_string();
-        assert!(line.starts_with("error: "), "dmctl {args:?}: {err}");
-        let errors = err.lines().filter(|l| l.starts_with("error:")).count();
+        assert!(line.starts_with("dmctl: error: "), "dmctl {args:?}: {err}");
+        let errors = err.lines().filter(|l| l.contains("error:")).count();
         assert_eq!(errors, 1, "dmctl {args:?}: {err}");
         // clap may list what is missing on the lines after its error line.
         assert!(err.contains(expect), "dmctl {args:?}: {err}");
@@ -370,7 +370,17 @@ mod dm_cli_errors {
         std::fs::write(mv.join("keep.txt"), "keep\n").unwrap();
 
         refused(&d, &["pool", "destroy", "ce-mnt"], "mounted");
-        refused(&d, &["pool", "destroy", "ce-mnt", "--force"], "mounted");
+        // --force unmounts (as rm --force), but not under a process that
+        // works in the mount: refused before anything is unmounted.
+        let mut holder = Command::new("sleep")
+            .arg("600")
+            .current_dir(&mv)
+            .spawn()
+            .unwrap();
+        let line = refused(&d, &["pool", "destroy", "ce-mnt", "--force"], "busy");
+        assert!(line.contains("sleep"), "names the holder: {line}");
+        holder.kill().unwrap();
+        holder.wait().unwrap();
         refused(&d, &["pool", "deactivate", "ce-mnt"], "mounted");
         refused(&d, &["deactivate", "ce-mnt/v"], "mounted");
         refused(&d, &["rm", "ce-mnt/v"], "mounted");

@@ -881,3 +881,165 @@ fn image_warm_spares_are_handed_out_by_provision() {
         .any(|m| m.to_string_lossy().contains("spare.")));
     common::check_invariants(&d, "wm");
 }
+
+/// Regression: `rm POOL/layer-<hash>` removed a layer while an image used
+/// it and a job provisioned from it was mounted; then `check` said clean,
+/// `image import` said "already imported", and provision failed with
+/// "volume not found".
+#[test]
+fn image_layer_removed_by_rm_is_refused_then_reported_and_reimported() {
+    require_dm!("image_layer_removed_by_rm_is_refused_then_reported_and_reimported");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Dmctl::new();
+    d.ok(&["pool", "create", "lp", "--data-size", "4G"]);
+    let work = work_volume(&d, "lp", &tmp.path().join("work"));
+    let layout = build_image(&work);
+    let l = layout.to_str().unwrap();
+    d.ok(&["image", "import", "lp", l, "--ref", "v2", "--size", "256M"]);
+    let job = work.join("job");
+    fs::create_dir_all(&job).unwrap();
+    d.ok(&[
+        "image",
+        "provision",
+        "lp",
+        "v2",
+        "job",
+        "--mount",
+        job.to_str().unwrap(),
+    ]);
+    let layers: Vec<String> = d.json(&["image", "inspect", "lp", "v2"])["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["volume"].as_str().unwrap().to_string())
+        .collect();
+    let top = format!("lp/{}", layers[1]);
+
+    common::step("rm of a layer volume is refused, world unchanged");
+    let before = common::world(&d);
+    let line = d.fails(&["rm", &top]);
+    assert!(line.contains("layer of image v2"), "{line}");
+    assert!(line.contains("image rm"), "{line}");
+    assert_eq!(before, common::world(&d), "a refused rm changed the world");
+    d.ok(&["check", "lp"]);
+
+    common::step("rm --force removes it and says what breaks");
+    let out = d.run(&["rm", &top, "--force"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning") && err.contains("v2"), "{err}");
+    let out = d.run(&["check", "lp"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "check must see the broken image: {text}"
+    );
+    assert!(text.contains("broken image: v2: layer 2 of 2"), "{text}");
+    let line = d.fails(&["image", "provision", "lp", "v2", "job2"]);
+    assert!(line.contains("import it again"), "{line}");
+    // The job's parent layer is gone: its diff says so.
+    let line = d.fails(&["diff", "lp/job", "-o", work.join("d.tar").to_str().unwrap()]);
+    assert!(line.contains("was removed"), "{line}");
+
+    common::step("import makes the layer again (not 'already imported')");
+    let r = d.json(&["image", "import", "lp", l, "--ref", "v2", "--size", "256M"]);
+    assert_eq!(r["already_present"], false, "{r}");
+    assert_eq!(r["layers_created"], 1, "{r}");
+    d.ok(&["check", "lp"]);
+    let job2 = work.join("job2");
+    fs::create_dir_all(&job2).unwrap();
+    d.ok(&[
+        "image",
+        "provision",
+        "lp",
+        "v2",
+        "job2",
+        "--mount",
+        job2.to_str().unwrap(),
+    ]);
+    assert_same_tree(&job2, &umoci_unpack(&layout, "v2", &work.join("ref-v2")));
+
+    common::step("check --repair drops an image whose layer is gone");
+    d.ok(&["umount", "lp/job2"]);
+    d.ok(&["rm", "lp/job2"]);
+    d.ok(&["rm", &top, "--force"]);
+    let out = d.run(&["check", "lp", "--repair"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("dropped image v2"), "{text}");
+    assert!(d
+        .json(&["image", "ls", "lp"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    d.ok(&["check", "lp"]);
+    common::thin_check_live(&d, "lp");
+}
+
+/// Regression: `--name` both selected the image in the source and named it
+/// here, so a one-image layout tagged `v2` could not be imported as
+/// `reimported` ("no image named").
+#[test]
+fn image_import_under_another_name() {
+    require_dm!("image_import_under_another_name");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Dmctl::new();
+    d.ok(&["pool", "create", "rn", "--data-size", "4G"]);
+    let work = work_volume(&d, "rn", &tmp.path().join("work"));
+    let layout = build_image(&work);
+    let l = layout.to_str().unwrap();
+    // Two images in the layout: the selector is needed, and an unknown
+    // one is refused naming what there is.
+    let line = d.fails(&["image", "import", "rn", l]);
+    assert!(line.contains("base") && line.contains("v2"), "{line}");
+    let line = d.fails(&["image", "import", "rn", l, "--ref", "nosuch"]);
+    assert!(line.contains("no image named"), "{line}");
+    // SOURCE:REF selects, --name names.
+    let r = d.json(&[
+        "image",
+        "import",
+        "rn",
+        &format!("{l}:v2"),
+        "--name",
+        "mine:1",
+        "--size",
+        "256M",
+    ]);
+    assert_eq!(r["reference"], "mine:1");
+    let out = work.join("exported");
+    d.ok(&["image", "export", "rn", "mine:1", out.to_str().unwrap()]);
+    // A one-image source needs no selector, whatever --name says.
+    let r = d.json(&[
+        "image",
+        "import",
+        "rn",
+        out.to_str().unwrap(),
+        "--name",
+        "reimported",
+        "--size",
+        "256M",
+    ]);
+    assert_eq!(r["reference"], "reimported");
+    assert_eq!(r["layers_created"], 0, "its layers are shared: {r}");
+    let names: Vec<String> = d
+        .json(&["image", "ls", "rn"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reference"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["mine:1", "reimported"]);
+    assert_eq!(
+        chain_ids(&d, "rn", "mine:1"),
+        chain_ids(&d, "rn", "reimported")
+    );
+    // --ref and SOURCE:REF together are one too many.
+    let out = d.run(&["image", "import", "rn", &format!("{l}:v2"), "--ref", "v2"]);
+    assert_eq!(out.status.code(), Some(1));
+    common::thin_check_live(&d, "rn");
+}

@@ -507,7 +507,11 @@ fn allowed_name(name: &str) -> bool {
     let parts: Vec<&str> = name.split('/').collect();
     match parts.as_slice() {
         ["blobs", "sha256", h] => is_hex64(h),
-        [f] => f.strip_suffix(".json").is_some_and(is_hex64),
+        // `<hex>.json` configs; `<hex>.tar` layers (skopeo, podman).
+        [f] => f
+            .strip_suffix(".json")
+            .or_else(|| f.strip_suffix(".tar"))
+            .is_some_and(is_hex64),
         [h, "layer.tar" | "json" | "VERSION"] => is_hex64(h),
         _ => false,
     }
@@ -892,7 +896,15 @@ impl Source<'_> {
 /// tar of one, or a `docker save` archive; `name` selects among several
 /// images; tar sources are extracted into a private temporary directory
 /// under `work_dir`, removed when the [`Image`] is dropped.
-pub fn open(source: &Path, name: Option<&str>, work_dir: &Path) -> Result<Image> {
+/// Open the image `name` of `source` (an OCI layout, a tar of one, or a
+/// docker/podman/skopeo archive); without `name`, its only image, or, if it
+/// holds several, the one named `hint`.
+pub fn open(
+    source: &Path,
+    name: Option<&str>,
+    hint: Option<&str>,
+    work_dir: &Path,
+) -> Result<Image> {
     let meta = fs::metadata(source).at(source)?;
     let (tmp, file_digests) = if meta.is_dir() {
         (None, HashMap::new())
@@ -909,13 +921,13 @@ pub fn open(source: &Path, name: Option<&str>, work_dir: &Path) -> Result<Image>
     let has_index = root.join("index.json").is_file();
     let has_docker = root.join("manifest.json").is_file();
     let opened = if has_index {
-        match open_oci(&src, name) {
+        match open_oci(&src, name, hint) {
             // Docker 25+ archives carry both; RepoTags may know the name.
-            Err(Error::NotFound(_)) if has_docker => open_docker(&src, name),
+            Err(Error::NotFound(_)) if has_docker => open_docker(&src, name, hint),
             r => r,
         }
     } else if has_docker {
-        open_docker(&src, name)
+        open_docker(&src, name, hint)
     } else {
         Err(src
             .bad("not an OCI image layout or docker-save archive (no index.json or manifest.json)"))
@@ -1011,7 +1023,9 @@ fn list_names(descs: &[&Descriptor]) -> String {
         .join(", ")
 }
 
-fn open_oci(src: &Source<'_>, name: Option<&str>) -> Result<Opened> {
+/// `name` selects the image; `hint` (the name it is to get here) selects
+/// one only when the source holds several and no `name` was given.
+fn open_oci(src: &Source<'_>, name: Option<&str>, hint: Option<&str>) -> Result<Opened> {
     let layout_path = src.root.join("oci-layout");
     if !layout_path.is_file() {
         return Err(src.bad("index.json without oci-layout: not an OCI image layout"));
@@ -1064,6 +1078,11 @@ fn open_oci(src: &Source<'_>, name: Option<&str>) -> Result<Opened> {
             .collect();
         if !amd64.is_empty() {
             candidates = amd64;
+        }
+    }
+    if candidates.len() > 1 && name.is_none() {
+        if let Some(h) = hint {
+            return open_oci(src, Some(h), None);
         }
     }
     if candidates.len() > 1 {
@@ -1252,7 +1271,7 @@ fn docker_entry_name(e: &DockerEntry) -> String {
         .unwrap_or_else(|| e.config.clone())
 }
 
-fn open_docker(src: &Source<'_>, name: Option<&str>) -> Result<Opened> {
+fn open_docker(src: &Source<'_>, name: Option<&str>, hint: Option<&str>) -> Result<Opened> {
     let entries: Vec<DockerEntry> = src.read_json("manifest.json")?;
     if entries.is_empty() {
         return Err(src.bad("manifest.json lists no images"));
@@ -1290,6 +1309,9 @@ fn open_docker(src: &Source<'_>, name: Option<&str>) -> Result<Opened> {
             (e, tag.or_else(|| Some(n.to_string())))
         }
         None => {
+            if let (true, Some(h)) = (entries.len() > 1, hint) {
+                return open_docker(src, Some(h), None);
+            }
             if entries.len() > 1 {
                 let names: Vec<String> = entries.iter().map(docker_entry_name).collect();
                 return Err(src.bad(format!(
@@ -1334,8 +1356,12 @@ fn open_docker(src: &Source<'_>, name: Option<&str>) -> Result<Opened> {
     for (i, ((rel, diff_id), chain)) in entry.layers.iter().zip(diff_ids).zip(chains).enumerate() {
         let what = format!("layer {}", i + 1);
         let rel = rel.trim_start_matches("./");
+        // docker save: `<id>/layer.tar` (before 25) or `blobs/sha256/<hex>`;
+        // skopeo and podman (containers/image): `<hex>.tar`, with
+        // `<id>/layer.tar` symlinks to it that the manifest does not name.
         let layer_name = rel.strip_prefix("blobs/sha256/").is_some_and(is_hex64)
-            || rel.strip_suffix("/layer.tar").is_some_and(is_hex64);
+            || rel.strip_suffix("/layer.tar").is_some_and(is_hex64)
+            || rel.strip_suffix(".tar").is_some_and(is_hex64);
         if !layer_name {
             return Err(src.bad(format!("manifest.json: unexpected {what} path {rel:?}")));
         }
@@ -1915,7 +1941,7 @@ mod tests {
         let dir = t.path().join("layout");
         let b = put_image(&dir, &three_layers(), "amd64", |_| {});
         write_index(&dir, vec![manifest_desc(&b, Some("example.com/app:1.0"))]);
-        let img = open(&dir, None, &t.path().join("work")).unwrap();
+        let img = open(&dir, None, None, &t.path().join("work")).unwrap();
         assert_eq!(img.reference.as_deref(), Some("example.com/app:1.0"));
         assert_eq!(img.manifest_digest, b.manifest);
         let comps: Vec<Compression> = img.layers.iter().map(|l| l.compression).collect();
@@ -1934,9 +1960,9 @@ mod tests {
         // Directory sources need no temporary directory.
         assert!(!t.path().join("work").exists());
         // Select by full name and by tag.
-        assert!(open(&dir, Some("example.com/app:1.0"), t.path()).is_ok());
-        assert!(open(&dir, Some("1.0"), t.path()).is_ok());
-        let e = open(&dir, Some("other:2"), t.path()).unwrap_err();
+        assert!(open(&dir, Some("example.com/app:1.0"), None, t.path()).is_ok());
+        assert!(open(&dir, Some("1.0"), None, t.path()).is_ok());
+        let e = open(&dir, Some("other:2"), None, t.path()).unwrap_err();
         assert!(matches!(e, Error::NotFound(_)), "{e:?}");
         assert!(img.open_layer(3).is_err());
     }
@@ -1947,7 +1973,7 @@ mod tests {
         let dir = t.path().join("layout");
         let b = put_image(&dir, &three_layers(), "amd64", |_| {});
         write_index(&dir, vec![manifest_desc(&b, None)]);
-        let img = open(&dir, None, t.path()).unwrap();
+        let img = open(&dir, None, None, t.path()).unwrap();
         assert_eq!(img.reference, None);
         for i in 0..3 {
             // A tar reader stops at the end-of-archive marker.
@@ -1973,7 +1999,7 @@ mod tests {
         ] {
             let archive = t.path().join("image.tar");
             fs::write(&archive, compress(&tar_dir(&dir, prefix), comp)).unwrap();
-            let img = open(&archive, Some("app:latest"), &work).unwrap();
+            let img = open(&archive, Some("app:latest"), None, &work).unwrap();
             assert_eq!(img.reference.as_deref(), Some("app:latest"));
             assert_eq!(img.manifest_digest, b.manifest);
             check_layers(&img, &b.tars);
@@ -2052,7 +2078,7 @@ mod tests {
             Some("busybox"),
             Some("docker.io/library/busybox"),
         ] {
-            let img = open(&archive, name, &t.path().join("work")).unwrap();
+            let img = open(&archive, name, None, &t.path().join("work")).unwrap();
             assert_eq!(img.reference.as_deref(), Some("busybox:latest"));
             assert_eq!(img.layers[1].compression, Compression::Gzip);
             assert_eq!(img.layers[0].compression, Compression::None);
@@ -2062,7 +2088,7 @@ mod tests {
             check_layers(&img, &tars);
             assert_eq!(img.chain_ids(), chain_ids(&img.diff_ids()));
         }
-        let e = open(&archive, Some("alpine"), t.path()).unwrap_err();
+        let e = open(&archive, Some("alpine"), None, t.path()).unwrap_err();
         assert!(matches!(e, Error::NotFound(_)), "{e:?}");
 
         // A config whose content does not match its name.
@@ -2070,7 +2096,7 @@ mod tests {
         let pos = data.windows(8).position(|w| w == b"\"amd64\",").unwrap();
         data[pos + 1] = b'A';
         fs::write(&archive, &data).unwrap();
-        let msg = err_text(open(&archive, None, t.path()));
+        let msg = err_text(open(&archive, None, None, t.path()));
         assert!(msg.contains("digest mismatch"), "{msg}");
     }
 
@@ -2102,7 +2128,7 @@ mod tests {
         fs::write(dir.join("manifest.json"), serde_json::to_vec(&mj).unwrap()).unwrap();
 
         // Found through index.json.
-        let img = open(&dir, Some("app"), t.path()).unwrap();
+        let img = open(&dir, Some("app"), None, t.path()).unwrap();
         assert_eq!(
             img.reference.as_deref(),
             Some("docker.io/library/app:latest")
@@ -2111,7 +2137,7 @@ mod tests {
         check_layers(&img, &b.tars);
         // Only manifest.json knows this name: docker-save path, with the
         // content-addressed layer names verified while streaming.
-        let img = open(&dir, Some("other:tag"), t.path()).unwrap();
+        let img = open(&dir, Some("other:tag"), None, t.path()).unwrap();
         assert_eq!(img.reference.as_deref(), Some("other:tag"));
         assert_eq!(img.layers[2].digest, b.layer_digests[2]);
         assert_eq!(img.layers[2].compression, Compression::Zstd);
@@ -2119,7 +2145,7 @@ mod tests {
         // A blob named by a digest it does not have fails on read.
         let path = dir.join("blobs/sha256").join(b.layer_digests[0].hex());
         fs::write(&path, layer_tar(&[("etc/a", b"alphX")])).unwrap();
-        let img = open(&dir, Some("other:tag"), t.path()).unwrap();
+        let img = open(&dir, Some("other:tag"), None, t.path()).unwrap();
         let msg = err_text(img.verify_all());
         assert!(
             msg.contains("layer 1 (") && msg.contains("blob digest mismatch"),
@@ -2139,7 +2165,7 @@ mod tests {
             .unpack(&dir)
             .unwrap();
         // As a directory: the stored digest is computed at open time.
-        let img = open(&dir, None, t.path()).unwrap();
+        let img = open(&dir, None, None, t.path()).unwrap();
         img.verify_all().unwrap();
         let layer_path = img.layers[0].path.clone();
         let mut blob = fs::read(&layer_path).unwrap();
@@ -2155,7 +2181,7 @@ mod tests {
         drop(img);
         // Reopened, the stored digest is the corrupt one, but the DiffID
         // (or the decompressor) catches it.
-        let img = open(&dir, None, t.path()).unwrap();
+        let img = open(&dir, None, None, t.path()).unwrap();
         let msg = err_text(img.verify_all());
         assert!(msg.contains("layer 1 ("), "{msg}");
     }
@@ -2183,13 +2209,13 @@ mod tests {
                 manifest_desc(&b, Some("repo/b:2")),
             ],
         );
-        let img = open(&dir, Some("repo/b:2"), t.path()).unwrap();
+        let img = open(&dir, Some("repo/b:2"), None, t.path()).unwrap();
         assert_eq!(img.manifest_digest, b.manifest);
         assert_eq!(img.reference.as_deref(), Some("repo/b:2"));
         check_layers(&img, &b.tars);
-        let img = open(&dir, Some("1"), t.path()).unwrap();
+        let img = open(&dir, Some("1"), None, t.path()).unwrap();
         assert_eq!(img.manifest_digest, a.manifest);
-        let msg = err_text(open(&dir, None, t.path()));
+        let msg = err_text(open(&dir, None, None, t.path()));
         assert!(
             msg.contains("repo/a:1") && msg.contains("repo/b:2"),
             "{msg}"
@@ -2203,13 +2229,13 @@ mod tests {
                 manifest_desc(&b, Some("repo/b:1")),
             ],
         );
-        let msg = err_text(open(&dir, Some("1"), t.path()));
+        let msg = err_text(open(&dir, Some("1"), None, t.path()));
         assert!(
             msg.contains("repo/a:1") && msg.contains("repo/b:1"),
             "{msg}"
         );
         assert_eq!(
-            open(&dir, Some("repo/b:1"), t.path())
+            open(&dir, Some("repo/b:1"), None, t.path())
                 .unwrap()
                 .manifest_digest,
             b.manifest
@@ -2220,7 +2246,7 @@ mod tests {
             &dir,
             vec![manifest_desc(&a, Some("1")), manifest_desc(&b, Some("2"))],
         );
-        let img = open(&dir, Some("foo:2"), t.path()).unwrap();
+        let img = open(&dir, Some("foo:2"), None, t.path()).unwrap();
         assert_eq!(img.manifest_digest, b.manifest);
     }
 
@@ -2261,7 +2287,7 @@ mod tests {
                 "annotations": { ANNOTATION_REF_NAME: "multi:latest" },
             })],
         );
-        let img = open(&dir, Some("multi:latest"), t.path()).unwrap();
+        let img = open(&dir, Some("multi:latest"), None, t.path()).unwrap();
         assert_eq!(img.manifest_digest, amd.manifest);
         assert_eq!(img.config_json().unwrap()["architecture"], "amd64");
         check_layers(&img, &amd.tars);
@@ -2269,7 +2295,7 @@ mod tests {
         // The platforms listed directly in index.json.
         write_index(&dir, vec![platform(&arm, "arm64"), platform(&amd, "amd64")]);
         assert_eq!(
-            open(&dir, None, t.path()).unwrap().manifest_digest,
+            open(&dir, None, None, t.path()).unwrap().manifest_digest,
             amd.manifest
         );
 
@@ -2281,7 +2307,7 @@ mod tests {
             &dir,
             vec![json!({ "mediaType": MEDIA_OCI_INDEX, "digest": nd, "size": nb.len() })],
         );
-        let msg = err_text(open(&dir, None, t.path()));
+        let msg = err_text(open(&dir, None, None, t.path()));
         assert!(msg.contains("linux/arm64"), "{msg}");
     }
 
@@ -2301,7 +2327,7 @@ mod tests {
             let mid = blob.len() / 2;
             blob[mid] ^= 0x01;
             fs::write(&path, &blob).unwrap();
-            let img = open(&dir, None, t.path()).unwrap();
+            let img = open(&dir, None, None, t.path()).unwrap();
             img.open_layer(0).unwrap().finish().unwrap();
             let mut r = img.open_layer(1).unwrap();
             let _ = r.read_to_end(&mut Vec::new());
@@ -2327,7 +2353,7 @@ mod tests {
             c["rootfs"]["diff_ids"][1] = json!(w);
         });
         write_index(&dir, vec![manifest_desc(&b, None)]);
-        let img = open(&dir, None, t.path()).unwrap();
+        let img = open(&dir, None, None, t.path()).unwrap();
         img.open_layer(0).unwrap().finish().unwrap();
         let msg = err_text(img.open_layer(1).unwrap().finish());
         assert!(
@@ -2352,7 +2378,7 @@ mod tests {
         let changed = serde_json::to_vec(&m).unwrap();
         fs::write(&path, &changed).unwrap();
         write_index(&dir, vec![manifest_desc(&b, None)]);
-        let msg = err_text(open(&dir, None, t.path()));
+        let msg = err_text(open(&dir, None, None, t.path()));
         assert!(
             msg.contains(&format!("blobs/sha256/{}", b.manifest.hex()))
                 && msg.contains("digest mismatch")
@@ -2365,13 +2391,13 @@ mod tests {
         let mut d = manifest_desc(&b, None);
         d["size"] = json!(b.manifest_size + 1);
         write_index(&dir, vec![d]);
-        let msg = err_text(open(&dir, None, t.path()));
+        let msg = err_text(open(&dir, None, None, t.path()));
         assert!(msg.contains("size mismatch"), "{msg}");
         // A missing manifest blob.
         let mut d = manifest_desc(&b, None);
         d["digest"] = json!(Digest::of(b"nothing"));
         write_index(&dir, vec![d]);
-        let msg = err_text(open(&dir, None, t.path()));
+        let msg = err_text(open(&dir, None, None, t.path()));
         assert!(msg.contains("missing"), "{msg}");
     }
 
@@ -2381,13 +2407,13 @@ mod tests {
         let dir = t.path().join("layout");
         let b = put_image(&dir, &three_layers(), "amd64", |_| {});
         write_index(&dir, vec![manifest_desc(&b, None)]);
-        let img = open(&dir, None, t.path()).unwrap();
+        let img = open(&dir, None, None, t.path()).unwrap();
         let cpath = dir.join("blobs/sha256").join(img.config_digest.hex());
         let mut data = img.config_bytes.clone();
         let pos = data.iter().position(|&c| c == b'4').unwrap(); // in "amd64"
         data[pos] = b'5';
         fs::write(&cpath, &data).unwrap();
-        let msg = err_text(open(&dir, None, t.path()));
+        let msg = err_text(open(&dir, None, None, t.path()));
         assert!(
             msg.contains("config blob") && msg.contains("digest mismatch"),
             "{msg}"
@@ -2402,7 +2428,7 @@ mod tests {
             c["rootfs"]["diff_ids"].as_array_mut().unwrap().pop();
         });
         write_index(&dir, vec![manifest_desc(&b, None)]);
-        let msg = err_text(open(&dir, None, t.path()));
+        let msg = err_text(open(&dir, None, None, t.path()));
         assert!(
             msg.contains("2 rootfs.diff_ids") && msg.contains("3 layers"),
             "{msg}"
@@ -2412,11 +2438,11 @@ mod tests {
     #[test]
     fn not_an_image() {
         let t = tempfile::tempdir().unwrap();
-        let msg = err_text(open(t.path(), None, t.path()));
+        let msg = err_text(open(t.path(), None, None, t.path()));
         assert!(msg.contains("not an OCI image layout"), "{msg}");
         let junk = t.path().join("junk");
         fs::write(&junk, vec![0x55u8; 1000]).unwrap();
-        assert!(open(&junk, None, &t.path().join("w")).is_err());
+        assert!(open(&junk, None, None, &t.path().join("w")).is_err());
         // Nothing left behind by a failed open.
         assert_eq!(fs::read_dir(t.path().join("w")).unwrap().count(), 0);
     }
@@ -2514,7 +2540,7 @@ mod tests {
         fs::write(&archive, ar.into_inner().unwrap()).unwrap();
 
         let before: Vec<_> = walk_all(t.path());
-        let img = open(&archive, None, &work).unwrap();
+        let img = open(&archive, None, None, &work).unwrap();
         check_layers(&img, &b.tars);
         let tmp = img._tmp.as_ref().unwrap().path().to_path_buf();
         // Only regular files and directories, only the wanted names.
@@ -2566,7 +2592,7 @@ mod tests {
         );
         let archive = t.path().join("dup.tar");
         fs::write(&archive, ar.into_inner().unwrap()).unwrap();
-        let msg = err_text(open(&archive, None, &t.path().join("w")));
+        let msg = err_text(open(&archive, None, None, &t.path().join("w")));
         assert!(msg.contains("duplicate"), "{msg}");
         assert_eq!(fs::read_dir(t.path().join("w")).unwrap().count(), 0);
     }
@@ -2600,7 +2626,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o644);
 
-        let img = open(&out, Some("app:1"), t.path()).unwrap();
+        let img = open(&out, Some("app:1"), None, t.path()).unwrap();
         assert_eq!(img.manifest_digest, md);
         assert_eq!(img.reference.as_deref(), Some("app:1"));
         assert_eq!(img.chain_ids(), chain_ids(&diff_ids));
@@ -2624,17 +2650,17 @@ mod tests {
         let index: Value =
             serde_json::from_slice(&fs::read(out.join("index.json")).unwrap()).unwrap();
         assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
-        let base = open(&out, Some("base:1"), t.path()).unwrap();
+        let base = open(&out, Some("base:1"), None, t.path()).unwrap();
         assert_eq!(base.chain_ids(), vec![diff_ids[0].clone()]);
         assert_eq!(base.config_json().unwrap()["architecture"], "amd64");
         base.verify_all().unwrap();
-        let msg = err_text(open(&out, None, t.path()));
+        let msg = err_text(open(&out, None, None, t.path()));
         assert!(msg.contains("app:1") && msg.contains("base:1"), "{msg}");
 
         // The tar of the layout opens as well.
         let archive = t.path().join("out.tar");
         fs::write(&archive, tar_dir(&out, "")).unwrap();
-        let img = open(&archive, Some("app:1"), &t.path().join("w")).unwrap();
+        let img = open(&archive, Some("app:1"), None, &t.path().join("w")).unwrap();
         assert_eq!(img.chain_ids(), chain_ids(&diff_ids));
         img.verify_all().unwrap();
 

@@ -29,6 +29,8 @@ pub struct CheckReport {
     pub duplicate_ids: Vec<u32>,
     /// Volume files that cannot be read.
     pub corrupt_files: Vec<String>,
+    /// Images with a missing layer: `IMAGE: layer N of M (VOLUME) is missing`.
+    pub broken_images: Vec<String>,
     /// What --repair did.
     pub repaired: Vec<String>,
     pub clean: bool,
@@ -82,6 +84,10 @@ fn examine(ctx: &Ctx, pool: &PoolRecord) -> Result<CheckReport> {
         }
     }
     let kernel_ids: Vec<u32> = dump.devices.iter().map(|d| d.dev_id).collect();
+    r.broken_images = super::image::broken_images(ctx, &pool.name)?
+        .into_iter()
+        .map(|(img, what)| format!("{}: {what}", img.reference))
+        .collect();
     r.orphan_ids = kernel_ids
         .iter()
         .copied()
@@ -99,6 +105,7 @@ fn examine(ctx: &Ctx, pool: &PoolRecord) -> Result<CheckReport> {
         && r.missing_ids.is_empty()
         && r.duplicate_ids.is_empty()
         && r.corrupt_files.is_empty()
+        && r.broken_images.is_empty()
         && r.open_transaction.is_none()
         && r.kernel_transaction_id == r.recorded_transaction_id;
     Ok(r)
@@ -137,6 +144,9 @@ pub fn check(ctx: &Ctx, pool: &str, repair: bool) -> Result<CheckReport> {
         ctx.active_pool_device(&rec)?;
         return examine(ctx, &rec);
     }
+    ctx.store.load_pool(pool)?;
+    // The image commands' lock first, as they take it (then the pool's).
+    let _images = super::image::lock_images(ctx, pool)?;
     let _lock = ctx.store.lock_pool(pool)?;
     let mut rec = ctx.ready_pool(pool)?;
     ctx.active_pool_device(&rec)?;
@@ -187,6 +197,13 @@ pub fn check(ctx: &Ctx, pool: &str, repair: bool) -> Result<CheckReport> {
         ctx.store.remove_volume(&rec.name, name)?;
         repaired.push(format!(
             "dropped the record of {name}, whose thin id the pool does not have"
+        ));
+    }
+    for (img, what) in super::image::broken_images(ctx, &rec.name)? {
+        super::image::forget_broken_image(ctx, &rec.name, &img)?;
+        repaired.push(format!(
+            "dropped image {} ({what}; import it again to get it back)",
+            img.reference
         ));
     }
     if found.kernel_transaction_id != rec.transaction_id {

@@ -26,11 +26,11 @@ use crate::fsutil::{self, LockFile};
 use crate::image::oci::{self, chain_id, Digest};
 use crate::image::{diff, layer};
 use crate::kernel::mount;
-use crate::names::{validate_name, VolumeRef};
+use crate::names::VolumeRef;
 use crate::store::model::{now, Filesystem, VolumeRecord};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_IMAGE_SIZE: u64 = 10 << 30;
@@ -85,8 +85,9 @@ pub fn layer_volume_name(chain: &Digest) -> String {
     format!("layer-{}", &chain.hex()[..32])
 }
 
-fn lock_images(ctx: &Ctx, pool: &str) -> Result<LockFile> {
-    validate_name("pool", pool)?;
+pub(super) fn lock_images(ctx: &Ctx, pool: &str) -> Result<LockFile> {
+    // A pool that does not exist gets no lock file.
+    ctx.store.load_pool(pool)?;
     let dir = ctx.store.root().join("locks").join("images");
     fsutil::create_private_dir(&dir)?;
     fsutil::lock_exclusive(&dir.join(format!("{pool}.lock")))
@@ -110,6 +111,7 @@ pub fn load_image(ctx: &Ctx, pool: &str, reference: &str) -> Result<ImageRecord>
 }
 
 pub fn list_images(ctx: &Ctx, pool: &str) -> Result<Vec<ImageRecord>> {
+    ctx.store.load_pool(pool)?;
     let mut out: Vec<ImageRecord> = read_records(&pool_path(ctx, pool, "images")?)?;
     out.sort_by(|a, b| a.reference.cmp(&b.reference));
     Ok(out)
@@ -166,37 +168,32 @@ impl Drop for TempMount {
     }
 }
 
-/// Progress on stderr when it is a terminal: bytes and layers.
-struct Progress {
-    enabled: bool,
+/// Progress of one import, passed on to the caller's callback.
+struct Progress<'a> {
+    callback: Option<&'a ProgressFn<'a>>,
     layers: usize,
 }
 
-impl Progress {
-    fn new(layers: usize, quiet: bool) -> Progress {
-        Progress {
-            enabled: !quiet && std::io::stderr().is_terminal(),
-            layers,
+impl Progress<'_> {
+    fn applying(&self, layer: usize, bytes: u64, blob_size: u64) {
+        if let Some(f) = self.callback {
+            f(ImportEvent::Applying {
+                layer,
+                layers: self.layers,
+                bytes,
+                blob_size,
+            });
         }
     }
 
-    fn show(&self, layer: usize, bytes: u64) {
-        if self.enabled {
-            let mut e = std::io::stderr();
-            let _ = write!(
-                e,
-                "\rlayer {}/{}: {:>10} ",
-                layer + 1,
-                self.layers,
-                crate::units::format_size(bytes)
-            );
-            let _ = e.flush();
-        }
-    }
-
-    fn done(&self) {
-        if self.enabled {
-            let _ = writeln!(std::io::stderr());
+    fn done(&self, layer: usize, bytes: u64, shared: bool) {
+        if let Some(f) = self.callback {
+            f(ImportEvent::Done {
+                layer,
+                layers: self.layers,
+                bytes,
+                shared,
+            });
         }
     }
 }
@@ -218,8 +215,9 @@ struct ChunkReader<'a> {
     chunk: Vec<u8>,
     at: usize,
     bytes: u64,
-    progress: &'a Progress,
+    progress: &'a Progress<'a>,
     layer: usize,
+    blob_size: u64,
     /// Time spent waiting for the decoder (for `-v`).
     waited: std::time::Duration,
 }
@@ -250,7 +248,8 @@ impl Read for ChunkReader<'_> {
         self.at += n;
         self.bytes += n as u64;
         if self.bytes % (8 << 20) < n as u64 {
-            self.progress.show(self.layer, self.bytes);
+            self.progress
+                .applying(self.layer, self.bytes, self.blob_size);
         }
         Ok(n)
     }
@@ -267,6 +266,7 @@ fn apply_pipelined(
     blob_tmp: &Path,
     progress: &Progress,
     layer: usize,
+    blob_size: u64,
 ) -> Result<u64> {
     let copy = std::fs::File::create(blob_tmp).at(blob_tmp)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
@@ -314,6 +314,7 @@ fn apply_pipelined(
             bytes: 0,
             progress,
             layer,
+            blob_size,
             waited: std::time::Duration::ZERO,
         };
         let started = std::time::Instant::now();
@@ -366,10 +367,57 @@ pub struct ImportReport {
 pub struct ImportRequest<'a> {
     pub pool: &'a str,
     pub source: &'a Path,
+    /// Which image of the source (by its name there); a source with one
+    /// image needs none.
+    pub selector: Option<&'a str>,
+    /// The name it gets in the pool (default: its name in the source).
     pub name: Option<&'a str>,
     pub size: Option<u64>,
     pub fs: Filesystem,
-    pub quiet: bool,
+    /// Told about each layer as it goes.
+    pub progress: Option<&'a ProgressFn<'a>>,
+}
+
+/// What an import is doing, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportEvent {
+    /// Layer `layer` (0-based) of `layers` is being applied: `bytes` of its
+    /// tar so far, of a blob of `blob_size` bytes (compressed).
+    Applying {
+        layer: usize,
+        layers: usize,
+        bytes: u64,
+        blob_size: u64,
+    },
+    /// Layer `layer` is done: `bytes` applied, or shared (already in the pool).
+    Done {
+        layer: usize,
+        layers: usize,
+        bytes: u64,
+        shared: bool,
+    },
+}
+
+/// A progress callback (called from the importing thread).
+pub type ProgressFn<'a> = dyn Fn(ImportEvent) + Sync + 'a;
+
+/// `SOURCE:REF` as skopeo writes `oci:DIR:REF`: the path, and the image
+/// selected in it. A path that exists as given is taken whole (it may
+/// contain a colon).
+pub fn split_source(arg: &str) -> (PathBuf, Option<String>) {
+    if Path::new(arg).exists() {
+        return (PathBuf::from(arg), None);
+    }
+    // The path ends at the first colon after which the rest is a
+    // reference and before which the path exists (REF may hold colons:
+    // `alpine:3.20`, `localhost:5000/x:1`).
+    for (i, _) in arg.match_indices(':') {
+        let (path, rest) = (&arg[..i], &arg[i + 1..]);
+        if !rest.is_empty() && Path::new(path).exists() {
+            return (PathBuf::from(path), Some(rest.to_string()));
+        }
+    }
+    (PathBuf::from(arg), None)
 }
 
 /// Remove a layer volume left by an interrupted import (no layer record).
@@ -470,19 +518,23 @@ pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
     init_dirs(ctx, req.pool)?;
     let _lock = lock_images(ctx, req.pool)?;
     let work = pool_path(ctx, req.pool, "mnt")?;
-    let img = oci::open(req.source, req.name, &work)?;
-    let reference = img
-        .reference
-        .clone()
-        .or_else(|| req.name.map(String::from))
-        .ok_or_else(|| Error::Invalid("the image has no name: give --name REF".into()))?;
+    let img = oci::open(req.source, req.selector, req.name, &work)?;
+    let reference = req
+        .name
+        .map(String::from)
+        .or_else(|| img.reference.clone())
+        .or_else(|| req.selector.map(String::from))
+        .ok_or_else(|| Error::Invalid("the image has no name: give --name NAME".into()))?;
     let size = req.size.unwrap_or(DEFAULT_IMAGE_SIZE);
     let chains: Vec<Digest> = img.layers.iter().map(|l| l.chain_id.clone()).collect();
     if chains.is_empty() {
         return Err(Error::Invalid(format!("image '{reference}' has no layers")));
     }
     if let Ok(existing) = load_image(ctx, req.pool, &reference) {
-        if existing.layers == chains && existing.config_digest == img.config_digest {
+        if existing.layers == chains
+            && existing.config_digest == img.config_digest
+            && layers_present(ctx, req.pool, &chains)?
+        {
             return Ok(ImportReport {
                 reference,
                 layers: chains.len(),
@@ -494,7 +546,10 @@ pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
             });
         }
     }
-    let progress = Progress::new(chains.len(), req.quiet);
+    let progress = Progress {
+        callback: req.progress,
+        layers: chains.len(),
+    };
     let mut created: Vec<LayerRecord> = vec![];
     let mut report = ImportReport {
         reference: reference.clone(),
@@ -511,14 +566,15 @@ pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
             if let Some(rec) = load_layer(ctx, req.pool, &l.chain_id)? {
                 if ctx.store.load_volume(req.pool, &rec.volume)?.is_some() {
                     report.layers_shared += 1;
+                    progress.done(i, rec.size, true);
                     parent = Some(rec);
                     continue;
                 }
             }
             let mut apply = |root: &Path, blob_tmp: &Path| -> Result<(Digest, u64)> {
                 let reader = img.open_layer(i)?;
-                let bytes = apply_pipelined(root, reader, blob_tmp, &progress, i)?;
-                progress.show(i, bytes);
+                let bytes = apply_pipelined(root, reader, blob_tmp, &progress, i, l.size)?;
+                progress.done(i, bytes, false);
                 Ok((l.diff_id.clone(), bytes))
             };
             let rec = make_layer(
@@ -537,7 +593,6 @@ pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
         }
         Ok(())
     })();
-    progress.done();
     if let Err(e) = result {
         // Nothing of this import stays behind: its layer volumes and blobs.
         for rec in created.iter().rev() {
@@ -563,6 +618,19 @@ pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
     };
     fsutil::write_json_atomic(&image_file(ctx, req.pool, &reference)?, &rec)?;
     Ok(report)
+}
+
+/// Whether every layer has its record and its volume.
+fn layers_present(ctx: &Ctx, pool: &str, chains: &[Digest]) -> Result<bool> {
+    for chain in chains {
+        let Some(rec) = load_layer(ctx, pool, chain)? else {
+            return Ok(false);
+        };
+        if ctx.store.load_volume(pool, &rec.volume)?.is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -639,14 +707,14 @@ pub fn inspect(ctx: &Ctx, pool: &str, reference: &str) -> Result<ImageInfo> {
 /// Names of volumes that descend from `vol` (snapshots of it, at any depth).
 fn descendants(all: &[VolumeRecord], vol: &str) -> Vec<String> {
     let mut out = vec![];
-    let mut frontier = vec![vol.to_string()];
+    let mut frontier: Vec<&VolumeRecord> = all.iter().filter(|v| v.name == vol).collect();
     while let Some(v) = frontier.pop() {
         for c in all
             .iter()
-            .filter(|c| c.parent.as_deref() == Some(v.as_str()))
+            .filter(|c| c.parent_link().is_some_and(|p| p.is(v)))
         {
             out.push(c.name.clone());
-            frontier.push(c.name.clone());
+            frontier.push(c);
         }
     }
     out
@@ -713,15 +781,93 @@ fn list_layers(ctx: &Ctx, pool: &str) -> Result<Vec<LayerRecord>> {
     read_records(&pool_path(ctx, pool, "layers")?)
 }
 
+/// The layer a volume holds, and the images that use it (`None`: the volume
+/// holds no layer). A pool that never imported an image has none.
+pub(super) fn layer_of_volume(
+    ctx: &Ctx,
+    pool: &str,
+    volume: &str,
+) -> Result<Option<(LayerRecord, Vec<String>)>> {
+    if !pool_path(ctx, pool, "layers")?.is_dir() {
+        return Ok(None);
+    }
+    let Some(rec) = list_layers(ctx, pool)?
+        .into_iter()
+        .find(|l| l.volume == volume)
+    else {
+        return Ok(None);
+    };
+    let users = list_images(ctx, pool)?
+        .into_iter()
+        .filter(|i| i.layers.contains(&rec.chain_id))
+        .map(|i| i.reference)
+        .collect();
+    Ok(Some((rec, users)))
+}
+
+/// Drop a layer's record once its volume was removed by force: the layer is
+/// then absent, and the next import of an image that has it makes it again.
+pub(super) fn forget_layer(ctx: &Ctx, pool: &str, rec: &LayerRecord) -> Result<()> {
+    fsutil::remove_file_durable(&layer_file(ctx, pool, &rec.chain_id)?).map(|_| ())
+}
+
+/// Images one of whose layers is gone (no record, or no volume), each with
+/// what is missing. Such an image cannot be provisioned until it is
+/// imported again.
+pub(super) fn broken_images(ctx: &Ctx, pool: &str) -> Result<Vec<(ImageRecord, String)>> {
+    if !pool_path(ctx, pool, "images")?.is_dir() {
+        return Ok(vec![]);
+    }
+    let mut out = vec![];
+    for img in list_images(ctx, pool)? {
+        for (i, chain) in img.layers.iter().enumerate() {
+            let volume = layer_volume_name(chain);
+            let present = load_layer(ctx, pool, chain)?.is_some()
+                && ctx.store.load_volume(pool, &volume)?.is_some();
+            if !present {
+                let what = format!(
+                    "layer {} of {} ({volume}) is missing",
+                    i + 1,
+                    img.layers.len()
+                );
+                out.push((img, what));
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Drop the record of a broken image and the records of its layers whose
+/// volumes are gone (`check --repair`).
+pub(super) fn forget_broken_image(ctx: &Ctx, pool: &str, img: &ImageRecord) -> Result<()> {
+    fsutil::remove_file_durable(&image_file(ctx, pool, &img.reference)?)?;
+    for chain in &img.layers {
+        if let Some(rec) = load_layer(ctx, pool, chain)? {
+            if ctx.store.load_volume(pool, &rec.volume)?.is_none() {
+                forget_layer(ctx, pool, &rec)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The volume that holds the top layer of image `reference`.
 fn top_layer_volume(ctx: &Ctx, pool: &str, reference: &str) -> Result<String> {
     let img = load_image(ctx, pool, reference)?;
     let top = img
         .top()
         .ok_or_else(|| Error::Invalid(format!("image '{reference}' has no layers")))?;
-    let rec = load_layer(ctx, pool, top)?
-        .ok_or_else(|| Error::Drift(format!("image '{reference}': top layer has no record")))?;
-    Ok(rec.volume)
+    let volume = load_layer(ctx, pool, top)?
+        .map(|rec| rec.volume)
+        .filter(|v| matches!(ctx.store.load_volume(pool, v), Ok(Some(_))));
+    volume.ok_or_else(|| {
+        Error::NotFound(format!(
+            "image '{reference}' is missing its top layer ({}, removed by `rm --force`?); \
+             import it again, or `dmctl check {pool} --repair` drops the image",
+            layer_volume_name(top)
+        ))
+    })
 }
 
 /// `dmctl image provision POOL REF NAME [--size SIZE] [--mount DIR]`: a
@@ -750,7 +896,7 @@ pub fn provision(
     match ctx.store.load_volume(pool, name)? {
         // A provision interrupted after its snapshot (or its claim of a
         // spare): finish it.
-        Some(v) if v.parent.as_deref() == Some(layer.as_str()) && v.mountpoint.is_none() => {
+        Some(v) if is_child_of(ctx, pool, &v, &layer)? && v.mountpoint.is_none() => {
             volume::activate(ctx, &new, false)?;
         }
         Some(_) => {
@@ -781,6 +927,17 @@ pub fn provision(
     volume::info(ctx, &new)
 }
 
+/// Whether `v` is a snapshot of the volume named `parent` (by thin id).
+fn is_child_of(ctx: &Ctx, pool: &str, v: &VolumeRecord, parent: &str) -> Result<bool> {
+    let Some(link) = v.parent_link() else {
+        return Ok(false);
+    };
+    Ok(ctx
+        .store
+        .load_volume(pool, parent)?
+        .is_some_and(|p| link.is(&p)))
+}
+
 /// `dmctl image warm POOL REF --spares N [--size SIZE]`: keep N spares of
 /// the image ready for `image provision` (see `ops::spare`).
 pub fn warm(
@@ -797,12 +954,14 @@ pub fn warm(
 
 /// Write the changes of `v` against its parent as an OCI layer tar.
 /// Both are mounted read-only on private mount points for the walk.
-pub fn diff(ctx: &Ctx, v: &VolumeRef, out: &mut dyn Write) -> Result<diff::DiffStats> {
+pub fn diff(
+    ctx: &Ctx,
+    v: &VolumeRef,
+    nearest_ancestor: bool,
+    out: &mut dyn Write,
+) -> Result<diff::DiffStats> {
     let vol = ctx.store.volume(&v.pool, &v.name)?;
-    let parent = vol
-        .parent
-        .clone()
-        .ok_or_else(|| Error::Invalid(format!("volume '{v}' has no parent to diff against")))?;
+    let parent = diff_base(ctx, v, &vol, nearest_ancestor)?;
     let pv = VolumeRef::new(&v.pool, &parent)?;
     if vol.fs.is_none() {
         return Err(Error::Invalid(format!("volume '{v}' has no filesystem")));
@@ -830,6 +989,41 @@ pub fn diff(ctx: &Ctx, v: &VolumeRef, out: &mut dyn Write) -> Result<diff::DiffS
         unmount_temp(ctx, &mut upper, v, vol.active)?;
     }
     stats
+}
+
+/// The volume a diff of `vol` is taken against: its parent, by thin id and
+/// transaction (a volume that took a removed parent's name is not it). If
+/// the parent is gone, its nearest live ancestor when asked, else an error.
+fn diff_base(
+    ctx: &Ctx,
+    v: &VolumeRef,
+    vol: &VolumeRecord,
+    nearest_ancestor: bool,
+) -> Result<String> {
+    let all = ctx.store.list_volumes(&v.pool)?;
+    if let Some(p) = vol.live_parent(&all) {
+        return Ok(p.name.clone());
+    }
+    let Some(was) = &vol.parent else {
+        return Err(Error::Invalid(format!(
+            "volume '{v}' has no parent to diff against"
+        )));
+    };
+    let nearest = vol.nearest_live_ancestor(&all);
+    match (nearest_ancestor, nearest) {
+        (true, Some(a)) => Ok(a.name.clone()),
+        (true, None) => Err(Error::NotFound(format!(
+            "volume '{v}': its parent '{was}' and every older ancestor were removed"
+        ))),
+        (false, Some(a)) => Err(Error::NotFound(format!(
+            "volume '{v}': its parent '{was}' was removed; `dmctl diff {v} --nearest-ancestor` \
+             diffs against '{}', its nearest ancestor (the changes of the removed ones included)",
+            a.name
+        ))),
+        (false, None) => Err(Error::NotFound(format!(
+            "volume '{v}': its parent '{was}' and every older ancestor were removed"
+        ))),
+    }
 }
 
 fn mount_ro(ctx: &Ctx, m: &mut TempMount, v: &VolumeRef) -> Result<()> {
@@ -868,10 +1062,12 @@ fn image_with_top(ctx: &Ctx, pool: &str, layer_volume: &str) -> Result<ImageReco
 pub fn commit(ctx: &Ctx, v: &VolumeRef, reference: &str) -> Result<ImportReport> {
     init_dirs(ctx, &v.pool)?;
     let vol = ctx.store.volume(&v.pool, &v.name)?;
-    let parent_vol = vol
-        .parent
-        .clone()
-        .ok_or_else(|| Error::Invalid(format!("volume '{v}' was not provisioned from an image")))?;
+    if vol.parent.is_none() {
+        return Err(Error::Invalid(format!(
+            "volume '{v}' was not provisioned from an image"
+        )));
+    }
+    let parent_vol = diff_base(ctx, v, &vol, false)?;
     let parent_img = image_with_top(ctx, &v.pool, &parent_vol)?;
     let parent_chain = parent_img.top().cloned().expect("image has a top layer");
     let parent_layer = load_layer(ctx, &v.pool, &parent_chain)?
@@ -880,7 +1076,7 @@ pub fn commit(ctx: &Ctx, v: &VolumeRef, reference: &str) -> Result<ImportReport>
     // The diff, into the content store under a temporary name.
     let tmp = pool_path(ctx, &v.pool, "blobs")?.join(format!(".commit-{}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp).at(&tmp)?;
-    diff(ctx, v, &mut f)?;
+    diff(ctx, v, false, &mut f)?;
     f.sync_all().at(&tmp)?;
     drop(f);
     let diff_id = {

@@ -10,6 +10,7 @@ pub mod image;
 pub mod monitor;
 
 pub mod pool;
+pub mod remove;
 pub mod repair;
 pub mod spare;
 pub mod txn;

@@ -34,6 +34,9 @@ pub struct CreateRequest {
     pub error_if_no_space: bool,
     /// Refuse new volumes below this much free space, in percent (default 10).
     pub min_free_percent: Option<u8>,
+    /// Refuse volumes whose sizes add up to more than this many times the
+    /// data size (none: no limit).
+    pub max_overcommit: Option<f64>,
 }
 
 /// The largest accepted `--min-free` percentage.
@@ -90,14 +93,15 @@ fn validate_request(req: &CreateRequest) -> Result<(u64, u64, u64)> {
         Some(dev) => device_size(dev)?,
         None => req.data_size.unwrap_or(DEFAULT_DATA_SIZE),
     };
-    let data = data / block * block;
-    if data < block * 16 {
+    if data / block < 16 {
         return Err(Error::Invalid(format!(
-            "data size {} is too small: at least 16 blocks ({})",
+            "data size {} is too small: the minimum is {} (16 blocks of {})",
             format_size(data),
-            format_size(block * 16)
+            format_size(block * 16),
+            format_size(block)
         )));
     }
+    let data = data / block * block;
     let meta = match &req.meta_dev {
         Some(dev) => device_size(dev)?.min(MAX_META_SIZE),
         None => req
@@ -126,7 +130,7 @@ fn device_size(dev: &Path) -> Result<u64> {
 /// `dmctl pool create`.
 pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<PoolRecord> {
     let (data_size, meta_size, block_size) = validate_request(req)?;
-    let _lock = ctx.store.lock_pool(&req.name)?;
+    let _lock = ctx.store.lock_new_pool(&req.name)?;
     if let Ok(old) = ctx.store.load_pool(&req.name) {
         if old.state != PoolState::Creating {
             return Err(Error::Exists(format!("pool '{}' already exists", req.name)));
@@ -182,6 +186,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<PoolRecord> {
         transaction_id: 0,
         next_device_id: 0,
         min_free_percent: req.min_free_percent.unwrap_or(10),
+        max_overcommit: req.max_overcommit,
         created: now(),
     };
     if rec.low_water_mark >= data_size {
@@ -408,6 +413,10 @@ fn mounted_volumes(ctx: &Ctx, rec: &PoolRecord) -> Result<Vec<String>> {
         return Ok(out);
     }
     for v in ctx.store.list_volumes(&rec.name)? {
+        // Waiting spares are dmctl's own mounts, taken down by the caller.
+        if names::is_spare_name(&v.name) {
+            continue;
+        }
         if let Some(info) = ctx.thin_device(rec, &v)? {
             for mp in mount::mountpoints_of(info.devno)? {
                 out.push(format!("{} at {}", v.name, mp.display()));
@@ -450,21 +459,26 @@ pub fn destroy(ctx: &Ctx, pool: &str, force: bool) -> Result<()> {
     if rec.state == PoolState::Creating {
         return undo_create(ctx, &rec);
     }
-    super::spare::unmount_all(ctx, &rec)?;
-    let mounted = mounted_volumes(ctx, &rec)?;
-    if !mounted.is_empty() {
-        return Err(Error::Busy(format!(
-            "pool '{pool}' has mounted volumes: {}; unmount them first",
-            mounted.join(", ")
-        )));
-    }
     let vols = ctx.store.list_volumes(pool)?;
-    if !vols.is_empty() && !force {
-        return Err(Error::Busy(format!(
-            "pool '{pool}' has {} volume(s); use --force to destroy it with them",
-            vols.len()
-        )));
+    if !force {
+        let mounted = mounted_volumes(ctx, &rec)?;
+        if !mounted.is_empty() {
+            return Err(Error::Busy(format!(
+                "pool '{pool}' has mounted volumes: {}; unmount them, or use --force",
+                mounted.join(", ")
+            )));
+        }
+        if !vols.is_empty() {
+            return Err(Error::Busy(format!(
+                "pool '{pool}' has {} volume(s); use --force to destroy it with them",
+                vols.len()
+            )));
+        }
     }
+    super::spare::unmount_all(ctx, &rec)?;
+    // --force means what it means for rm: mounted volumes are unmounted
+    // (a volume a process holds is refused before any is).
+    super::volume::unmount_all_forced(ctx, &rec)?;
     if ctx.pool_device(&rec)?.is_some() {
         for v in &vols {
             txn::remove_thin_device(ctx, &rec, v)?;
@@ -620,29 +634,47 @@ fn grow_locked(
     Ok(())
 }
 
-/// `dmctl pool set`: the free-space threshold below which new volumes and
-/// snapshots are refused, and/or the low-water mark (a table reload).
-pub fn set(
-    ctx: &Ctx,
-    pool: &str,
-    min_free_percent: Option<u8>,
-    low_water_mark: Option<u64>,
-) -> Result<PoolRecord> {
-    if min_free_percent.is_none() && low_water_mark.is_none() {
+/// What `pool set` changes; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Free-space threshold below which new volumes and snapshots are refused.
+    pub min_free_percent: Option<u8>,
+    /// The low-water mark (a table reload).
+    pub low_water_mark: Option<u64>,
+    /// Overcommit limit as a ratio of the data size; `Some(0.0)` removes it.
+    pub max_overcommit: Option<f64>,
+}
+
+/// `dmctl pool set`: the free-space threshold, the overcommit limit and/or
+/// the low-water mark (a table reload).
+pub fn set(ctx: &Ctx, pool: &str, s: &Settings) -> Result<PoolRecord> {
+    if s.min_free_percent.is_none() && s.low_water_mark.is_none() && s.max_overcommit.is_none() {
         return Err(Error::Invalid(
-            "nothing to set: give --min-free and/or --low-water-mark".into(),
+            "nothing to set: give --min-free, --low-water-mark and/or --max-overcommit".into(),
         ));
     }
-    if let Some(p) = min_free_percent {
+    if let Some(p) = s.min_free_percent {
         validate_min_free(p)?;
+    }
+    if let Some(r) = s.max_overcommit {
+        if !(r == 0.0 || (r.is_finite() && r >= 1.0)) {
+            return Err(Error::Invalid(format!(
+                "invalid overcommit limit {r}: at least 1, or 0 for none"
+            )));
+        }
     }
     let _lock = ctx.store.lock_pool(pool)?;
     let mut rec = ctx.ready_pool(pool)?;
-    if let Some(p) = min_free_percent {
-        rec.min_free_percent = p;
+    if s.min_free_percent.is_some() || s.max_overcommit.is_some() {
+        if let Some(p) = s.min_free_percent {
+            rec.min_free_percent = p;
+        }
+        if let Some(r) = s.max_overcommit {
+            rec.max_overcommit = (r > 0.0).then_some(r);
+        }
         ctx.store.save_pool(&rec)?;
     }
-    if let Some(lwm) = low_water_mark {
+    if let Some(lwm) = s.low_water_mark {
         if lwm < rec.block_size {
             return Err(Error::Invalid(format!(
                 "low water mark {} is below one block ({})",
@@ -679,6 +711,10 @@ pub struct PoolReport {
     pub meta: PathBuf,
     pub backing: &'static str,
     pub volumes: usize,
+    /// Sum of the volumes' sizes: what they could take if all were written.
+    pub provisioned: u64,
+    /// Volumes are refused beyond this many times the data size.
+    pub max_overcommit: Option<f64>,
     pub open_transaction: Option<u64>,
 }
 
@@ -713,6 +749,8 @@ pub fn status(ctx: &Ctx, pool: &str) -> Result<PoolReport> {
             Backing::Device { .. } => "device",
         },
         volumes: ctx.store.volume_names(pool)?.len(),
+        provisioned: provisioned_bytes(ctx, pool)?,
+        max_overcommit: rec.max_overcommit,
         open_transaction: ctx.store.load_txn(pool)?.map(|t| t.transaction_id),
     };
     if rec.state == PoolState::Ready && ctx.pool_device(&rec)?.is_some() {
@@ -739,6 +777,47 @@ pub fn status(ctx: &Ctx, pool: &str) -> Result<PoolReport> {
     Ok(r)
 }
 
+/// A pool whose volumes add up to more than its data space: writes fail
+/// once it fills, unless it is extended first (LVM warns the same way).
+#[derive(Debug, Clone, Serialize)]
+pub struct Overcommit {
+    pub provisioned: u64,
+    pub data_size: u64,
+}
+
+impl std::fmt::Display for Overcommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the volumes add up to {}, {:.1}x the pool's data size {}: writes fail if it \
+             fills (`dmctl pool monitor` extends it in time)",
+            format_size(self.provisioned),
+            self.provisioned as f64 / self.data_size.max(1) as f64,
+            format_size(self.data_size)
+        )
+    }
+}
+
+/// Whether the pool is overcommitted.
+pub fn overcommit(ctx: &Ctx, pool: &str) -> Result<Option<Overcommit>> {
+    let rec = ctx.store.load_pool(pool)?;
+    let provisioned = provisioned_bytes(ctx, pool)?;
+    Ok((provisioned > rec.data_size).then_some(Overcommit {
+        provisioned,
+        data_size: rec.data_size,
+    }))
+}
+
+/// Sum of the sizes of the pool's volumes.
+pub fn provisioned_bytes(ctx: &Ctx, pool: &str) -> Result<u64> {
+    Ok(ctx
+        .store
+        .list_volumes(pool)?
+        .iter()
+        .map(|v| v.size)
+        .fold(0u64, u64::saturating_add))
+}
+
 /// `dmctl pool ls`.
 pub fn list(ctx: &Ctx) -> Result<Vec<PoolReport>> {
     ctx.store
@@ -751,6 +830,10 @@ pub fn list(ctx: &Ctx) -> Result<Vec<PoolReport>> {
 /// `dmctl pool activate --all`: every pool; errors are collected so one
 /// broken pool does not keep the others down.
 pub fn activate_all(ctx: &Ctx) -> Vec<(String, Result<Vec<String>>)> {
+    // At boot on a machine without pools there is nothing to do.
+    if !ctx.store.root().exists() {
+        return vec![];
+    }
     match ctx.store.list_pools() {
         Ok(pools) => pools
             .into_iter()

@@ -536,6 +536,8 @@ fn rebuild_one(
         initialized: true,
         parent: None,
         parent_device_id: None,
+        parent_transaction_id: None,
+        ancestors: vec![],
         fs: match salvage_str(&c.raw, "fs").as_deref() {
             Some("ext4") => Some(Filesystem::Ext4),
             Some("xfs") => Some(Filesystem::Xfs),
@@ -552,6 +554,7 @@ fn rebuild_one(
     ) {
         rec.parent = Some(p);
         rec.parent_device_id = u32::try_from(pid).ok();
+        rec.parent_transaction_id = salvage_u64(&c.raw, "parent_transaction_id");
     }
     // The filesystem's superblock says what it is and how big: a device
     // smaller than its filesystem would not mount.

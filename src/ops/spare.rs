@@ -205,15 +205,13 @@ pub fn claim(
         Some(dir) => Some(volume::mount_dir(dir)?),
         None => None,
     };
-    let size = match size {
-        Some(s) => s,
-        None => ctx.store.volume(pool_name, &origin.name)?.size,
-    };
+    let origin_rec = ctx.store.volume(pool_name, &origin.name)?;
+    let size = size.unwrap_or(origin_rec.size);
     for (_, name) in spares {
         let Some(spare) = ctx.store.load_volume(pool_name, &name)? else {
             continue;
         };
-        if spare.parent.as_deref() != Some(origin.name.as_str())
+        if !spare.parent_link().is_some_and(|p| p.is(&origin_rec))
             || !spare.initialized
             || spare.size != size
         {

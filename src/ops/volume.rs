@@ -43,10 +43,10 @@ pub(super) fn open_active_pool(
     let mut rec = ctx.ready_pool(pool)?;
     let pool_dev = ctx.active_pool_device(&rec)?;
     if let Some(note) = txn::recover(ctx, &mut rec)? {
-        eprintln!("dmctl: {note}");
+        crate::trace::note(&note);
     }
     if let Some(note) = super::spare::recover(ctx, &rec)? {
-        eprintln!("dmctl: {note}");
+        crate::trace::note(&note);
     }
     Ok((lock, rec, pool_dev))
 }
@@ -126,6 +126,26 @@ fn check_room(pool: &PoolRecord, s: &PoolStatus) -> Result<()> {
             pool.name,
             mfree * 100 / s.total_meta_blocks.max(1),
             pool.min_free_percent
+        )));
+    }
+    Ok(())
+}
+
+/// Refuse a new volume of `size` that would take the sum of the pool's
+/// volume sizes past its overcommit limit (`pool set --max-overcommit`).
+fn check_overcommit(ctx: &Ctx, pool: &PoolRecord, size: u64) -> Result<()> {
+    let Some(limit) = pool.max_overcommit else {
+        return Ok(());
+    };
+    let total = super::pool::provisioned_bytes(ctx, &pool.name)?.saturating_add(size);
+    if total as f64 > limit * pool.data_size as f64 {
+        return Err(Error::PoolState(format!(
+            "pool '{}': its volumes would add up to {}, more than {limit}x its data size {} \
+             (change the limit with `dmctl pool set {} --max-overcommit RATIO`)",
+            pool.name,
+            format_size(total),
+            format_size(pool.data_size),
+            pool.name
         )));
     }
     Ok(())
@@ -255,6 +275,8 @@ fn new_record(pool: &PoolRecord, name: &str, size: u64) -> VolumeRecord {
         initialized: false,
         parent: None,
         parent_device_id: None,
+        parent_transaction_id: None,
+        ancestors: vec![],
         fs: None,
         created: now(),
         active: false,
@@ -271,6 +293,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
     let (_lock, mut pool, pool_dev) = open_active_pool(ctx, &req.volume.pool)?;
     check_new_name(ctx, &pool, &req.volume.name)?;
     check_room(&pool, &room_status(ctx, &pool)?)?;
+    check_overcommit(ctx, &pool, size)?;
     let mut vol = new_record(&pool, &req.volume.name, size);
     vol.fs = req.fs;
     vol.active = true;
@@ -376,9 +399,9 @@ pub(super) fn snapshot_locked(
         Some(s) => check_size(s)?,
         None => o.size,
     };
+    check_overcommit(ctx, pool, size)?;
     let mut vol = new_record(pool, &new.name, size);
-    vol.parent = Some(o.name.clone());
-    vol.parent_device_id = Some(o.device_id);
+    vol.set_parent(&o);
     vol.fs = o.fs;
     let origin_dm = ctx
         .thin_device(pool, &o)?
@@ -499,6 +522,44 @@ fn busy(v: &VolumeRef, info: &DevInfo, mountpoint: Option<&Path>, what: &str) ->
         )
     };
     Error::Busy(format!("volume '{v}' {what}{held}"))
+}
+
+/// `--force` on a whole pool, as `rm --force` on each volume: unmount every
+/// mounted volume of the pool. A volume a process holds (files open under
+/// its mount, its device open) is refused before anything is unmounted.
+pub(super) fn unmount_all_forced(ctx: &Ctx, pool: &PoolRecord) -> Result<()> {
+    if ctx.pool_device(pool)?.is_none() {
+        return Ok(());
+    }
+    let mut mounted = vec![];
+    for vol in ctx.store.list_volumes(&pool.name)? {
+        let Some(info) = ctx.thin_device(pool, &vol)? else {
+            continue;
+        };
+        let v = VolumeRef::new(&pool.name, &vol.name)?;
+        for mp in mount::mountpoints_of(info.devno)? {
+            if !blockdev::users_of(&devnode(&info), info.devno, Some(&mp)).is_empty() {
+                return Err(busy(
+                    &v,
+                    &info,
+                    Some(&mp),
+                    &format!("is busy at {}", mp.display()),
+                ));
+            }
+            mounted.push((v.clone(), info.clone(), mp));
+        }
+    }
+    for (v, info, mp) in mounted {
+        if let Err(Error::Busy(_)) = mount::umount(&mp) {
+            return Err(busy(
+                &v,
+                &info,
+                Some(&mp),
+                &format!("is busy at {}", mp.display()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn first_mountpoint(info: &DevInfo) -> Result<Option<PathBuf>> {
@@ -887,7 +948,11 @@ pub struct VolumeReport {
     pub pool: String,
     pub device_id: u32,
     pub size: u64,
+    /// The parent's name, while the parent exists.
     pub parent: Option<String>,
+    /// The name the parent had, if it was removed since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_removed: Option<String>,
     pub transaction_id: u64,
     pub initialized: bool,
     pub active: bool,
@@ -904,6 +969,7 @@ fn report(
     ctx: &Ctx,
     pool: &PoolRecord,
     vol: VolumeRecord,
+    all: &[VolumeRecord],
     pool_active: bool,
 ) -> Result<VolumeReport> {
     let info = if pool_active {
@@ -922,7 +988,18 @@ fn report(
             Err(e) => return Err(e),
         };
     }
-    Ok(build_report(pool, vol, info.as_ref(), mountpoint, mapped))
+    let mut r = build_report(pool, vol.clone(), info.as_ref(), mountpoint, mapped);
+    (r.parent, r.parent_removed) = parent_names(&vol, all);
+    Ok(r)
+}
+
+/// The parent's name while it exists, else the name it had.
+fn parent_names(vol: &VolumeRecord, all: &[VolumeRecord]) -> (Option<String>, Option<String>) {
+    match (vol.live_parent(all), &vol.parent) {
+        (Some(p), _) => (Some(p.name.clone()), None),
+        (None, Some(was)) => (None, Some(was.clone())),
+        (None, None) => (None, None),
+    }
 }
 
 /// The report of a volume this command has just activated (and mounted at
@@ -962,6 +1039,7 @@ fn build_report(
         device_id: vol.device_id,
         size: vol.size,
         parent: vol.parent,
+        parent_removed: None,
         transaction_id: vol.transaction_id,
         initialized: vol.initialized,
         active: info.is_some(),
@@ -988,8 +1066,9 @@ fn pool_is_active(ctx: &Ctx, pool: &PoolRecord) -> Result<bool> {
 pub fn info(ctx: &Ctx, v: &VolumeRef) -> Result<VolumeReport> {
     let pool = ctx.store.load_pool(&v.pool)?;
     let vol = ctx.store.volume(&v.pool, &v.name)?;
+    let all = ctx.store.list_volumes(&v.pool)?;
     let active = pool_is_active(ctx, &pool)?;
-    report(ctx, &pool, vol, active)
+    report(ctx, &pool, vol, &all, active)
 }
 
 /// `dmctl ls [POOL]`.
@@ -1002,8 +1081,9 @@ pub fn list(ctx: &Ctx, pool: Option<&str>) -> Result<Vec<VolumeReport>> {
     for p in pools {
         let rec = ctx.store.load_pool(&p)?;
         let active = pool_is_active(ctx, &rec)?;
-        for v in ctx.store.list_volumes(&p)? {
-            out.push(report(ctx, &rec, v, active)?);
+        let all = ctx.store.list_volumes(&p)?;
+        for v in &all {
+            out.push(report(ctx, &rec, v.clone(), &all, active)?);
         }
     }
     Ok(out)

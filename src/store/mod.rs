@@ -70,11 +70,24 @@ impl Store {
         Ok(self.devices_dir(pool)?.join(format!("{name}.json")))
     }
 
-    /// Take the pool's lock: exclusive for commands that change anything.
-    /// Read-only commands take none (every file is replaced atomically).
+    /// Take the lock of a pool that exists: exclusive, for commands that
+    /// change anything. A pool that does not exist is `NotFound`, and
+    /// nothing is created for it. Read-only commands take none (every file
+    /// is replaced atomically).
     pub fn lock_pool(&self, pool: &str) -> Result<LockFile> {
+        self.load_pool(pool)?;
+        self.lock_file(pool)
+    }
+
+    /// The lock of a pool about to be created: the state root is made if
+    /// missing (`pool create` is the one command that makes it).
+    pub fn lock_new_pool(&self, pool: &str) -> Result<LockFile> {
         validate_name("pool", pool)?;
         self.init()?;
+        self.lock_file(pool)
+    }
+
+    fn lock_file(&self, pool: &str) -> Result<LockFile> {
         fsutil::lock_exclusive(&self.root.join("locks").join(format!("{pool}.lock")))
     }
 
@@ -82,7 +95,15 @@ impl Store {
         Ok(self.pool_file(pool)?.exists())
     }
 
+    /// The pools under the state root. A root that does not exist is an
+    /// error that says so (a mistyped `--root` is not an empty list).
     pub fn list_pools(&self) -> Result<Vec<String>> {
+        if !self.root.exists() {
+            return Err(Error::NotFound(format!(
+                "state root {} does not exist (no pool was created there)",
+                self.root.display()
+            )));
+        }
         let dir = self.root.join("pools");
         let mut names = match std::fs::read_dir(&dir) {
             Ok(rd) => rd
@@ -99,8 +120,27 @@ impl Store {
     }
 
     pub fn load_pool(&self, pool: &str) -> Result<PoolRecord> {
-        fsutil::read_json_opt(&self.pool_file(pool)?)?
-            .ok_or_else(|| Error::NotFound(format!("pool '{pool}' not found")))
+        let file = self.pool_file(pool)?;
+        match fsutil::read_json_opt(&file) {
+            Ok(Some(rec)) => Ok(rec),
+            Ok(None) => Err(self.no_pool(pool)),
+            // `--root` naming a file: no pool there either.
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOTDIR) => {
+                Err(self.no_pool(pool))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn no_pool(&self, pool: &str) -> Error {
+        if self.root.is_dir() {
+            Error::NotFound(format!("pool '{pool}' not found"))
+        } else {
+            Error::NotFound(format!(
+                "pool '{pool}' not found: state root {} does not exist",
+                self.root.display()
+            ))
+        }
     }
 
     /// Create the pool's directories and write its record.

@@ -32,7 +32,7 @@ pub enum PoolState {
     Ready,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolRecord {
     pub name: String,
     /// Random id; dm UUIDs of the pool and its volumes derive from it.
@@ -57,6 +57,10 @@ pub struct PoolRecord {
     /// data space is free.
     #[serde(default = "default_min_free")]
     pub min_free_percent: u8,
+    /// Refuse volumes whose sizes add up to more than this many times the
+    /// data size (`None`: no limit; overcommit is still warned about).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_overcommit: Option<f64>,
     /// Unix seconds.
     pub created: u64,
 }
@@ -91,9 +95,19 @@ pub struct VolumeRecord {
     pub transaction_id: u64,
     /// Created completely (formatted, if it has a filesystem).
     pub initialized: bool,
-    /// Name of the volume this one is a snapshot of, if any.
+    /// Name the volume this one is a snapshot of had when the snapshot was
+    /// made. Which volume it is goes by its thin id and transaction
+    /// (`parent_link`), never by this name: the parent may be removed and
+    /// its name given to an unrelated volume.
     pub parent: Option<String>,
     pub parent_device_id: Option<u32>,
+    /// The transaction that created the parent (its `transaction_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_transaction_id: Option<u64>,
+    /// The parent's own ancestors, nearest first: what `diff
+    /// --nearest-ancestor` falls back on once the parent is removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Ancestor>,
     pub fs: Option<Filesystem>,
     pub created: u64,
     /// Whether it should be active; `pool activate` restores this after a reboot.
@@ -101,6 +115,66 @@ pub struct VolumeRecord {
     pub read_only: bool,
     /// Where `dmctl mount` last mounted it.
     pub mountpoint: Option<PathBuf>,
+}
+
+/// A volume as a snapshot's lineage remembers it: its thin id and the
+/// transaction that created it identify it for the pool's whole life (thin
+/// ids are not handed out again soon, transaction ids never); the name is
+/// what it was called then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub device_id: u32,
+    pub transaction_id: Option<u64>,
+    pub name: String,
+}
+
+impl Ancestor {
+    /// Whether `v` is this ancestor (a record without the transaction, from
+    /// before it was kept, matches on the thin id and name).
+    pub fn is(&self, v: &VolumeRecord) -> bool {
+        v.device_id == self.device_id
+            && match self.transaction_id {
+                Some(t) => v.transaction_id == t,
+                None => v.name == self.name,
+            }
+    }
+}
+
+impl VolumeRecord {
+    /// The parent, as a lineage entry.
+    pub fn parent_link(&self) -> Option<Ancestor> {
+        Some(Ancestor {
+            device_id: self.parent_device_id?,
+            transaction_id: self.parent_transaction_id,
+            name: self.parent.clone()?,
+        })
+    }
+
+    /// The record of this volume's parent among `all`, if it still exists.
+    pub fn live_parent<'a>(&self, all: &'a [VolumeRecord]) -> Option<&'a VolumeRecord> {
+        let link = self.parent_link()?;
+        all.iter().find(|v| link.is(v))
+    }
+
+    /// The nearest ancestor among `all` that still exists.
+    pub fn nearest_live_ancestor<'a>(&self, all: &'a [VolumeRecord]) -> Option<&'a VolumeRecord> {
+        self.parent_link()
+            .into_iter()
+            .chain(self.ancestors.iter().cloned())
+            .find_map(|a| all.iter().find(|v| a.is(v)))
+    }
+
+    /// Make this record a snapshot of `origin`.
+    pub fn set_parent(&mut self, origin: &VolumeRecord) {
+        self.parent = Some(origin.name.clone());
+        self.parent_device_id = Some(origin.device_id);
+        self.parent_transaction_id = Some(origin.transaction_id);
+        self.ancestors = origin
+            .parent_link()
+            .into_iter()
+            .chain(origin.ancestors.iter().cloned())
+            .collect();
+    }
 }
 
 /// A kernel-changing step under way. Written before the pool message,

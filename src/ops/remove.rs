@@ -1,0 +1,52 @@
+//! `dmctl rm POOL/NAME [--force]`: a volume, with the layers of images
+//! protected. A layer volume goes with `image rm`; `rm --force` removes it
+//! anyway and says which images it breaks (`check` reports them, `check
+//! --repair` drops them, and importing the image again makes the layer).
+
+use super::{image, volume, Ctx};
+use crate::error::{Error, Result};
+use crate::names::VolumeRef;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoveReport {
+    pub removed: String,
+    /// Whether it held an image layer.
+    pub was_layer: bool,
+    /// Images that used the layer and are now broken.
+    pub broken_images: Vec<String>,
+}
+
+pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<RemoveReport> {
+    // A pool that does not exist gets no lock file.
+    ctx.store.load_pool(&v.pool)?;
+    // The image commands' lock first, as they take it (then the pool's).
+    let _images = image::lock_images(ctx, &v.pool)?;
+    let layer = image::layer_of_volume(ctx, &v.pool, &v.name)?;
+    if let (Some((_, users)), false) = (&layer, force) {
+        return Err(Error::Busy(if users.is_empty() {
+            format!(
+                "volume '{v}' is an image layer kept for the volumes provisioned from it; \
+                 `dmctl rm {v} --force` removes it (their diff and commit then fail)"
+            )
+        } else {
+            format!(
+                "volume '{v}' is a layer of image {}; remove the image with `dmctl image rm {} \
+                 IMAGE`, or `dmctl rm {v} --force` (which breaks it)",
+                users.join(", "),
+                v.pool
+            )
+        }));
+    }
+    volume::remove(ctx, v, force)?;
+    let mut report = RemoveReport {
+        removed: v.to_string(),
+        was_layer: layer.is_some(),
+        broken_images: vec![],
+    };
+    if let Some((rec, users)) = layer {
+        image::forget_layer(ctx, &v.pool, &rec)?;
+        report.broken_images = users;
+    }
+    Ok(report)
+}
