@@ -352,6 +352,8 @@ fn commands_on_a_missing_pool_create_nothing() {
         &["pool", "destroy", "nopool"][..],
         &["pool", "set", "nopool", "--min-free", "5"][..],
         &["pool", "monitor", "nopool", "--once"][..],
+        // Regression: said "monitoring pool nopool" before finding it missing.
+        &["pool", "monitor", "nopool"][..],
         &["image", "ls", "nopool"][..],
         &["image", "rm", "nopool", "x"][..],
         &["check", "nopool"][..],
@@ -557,5 +559,37 @@ fn every_argument_has_help_and_every_command_an_example() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn doctor_as_a_user_says_root_is_needed_not_modprobe() {
+    // Regression: as a non-root user doctor suggested `modprobe loop` for
+    // what was a permission error.
+    let setpriv = Command::new("setpriv").arg("--version").output();
+    if !nix::unistd::geteuid().is_root() || !setpriv.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: needs root and setpriv: doctor_as_a_user_says_root_is_needed_not_modprobe");
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_dmctl"))
+        .arg("doctor")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(code(&out), Some(1), "{text}{}", stderr(&out));
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line: {text}"))
+            .to_string()
+    };
+    assert!(line("root").contains("not root"), "{text}");
+    let loop_line = line("loop");
+    if std::path::Path::new("/dev/loop-control").exists() {
+        assert!(loop_line.contains("needs root"), "{loop_line}");
+        assert!(!loop_line.contains("modprobe"), "{loop_line}");
     }
 }

@@ -56,9 +56,9 @@ rm -rf bundle && umoci unpack --image img:base bundle >/dev/null
 echo "version 2" >bundle/rootfs/app/VERSION && rm bundle/rootfs/etc/app.conf
 umoci repack --image img:v2 bundle >/dev/null
 echo "(built OCI layout /tmp/img with tags base and v2)"
-run dmctl image import demo /tmp/img --name v2 --size 256M
-run dmctl image import demo /tmp/img --name base --size 256M
-run dmctl image import demo /tmp/img --name v2 --size 256M
+run dmctl image import demo /tmp/img:v2 --size 256M
+run dmctl image import demo /tmp/img --ref base --name app:base --size 256M
+run dmctl image import demo /tmp/img:v2 --size 256M
 run dmctl image ls demo
 run dmctl image inspect demo v2
 mkdir -p /mnt/job
@@ -75,6 +75,7 @@ run dmctl image commit demo/job1 v3
 run dmctl image export demo v3 /tmp/exported
 run dmctl image inspect demo v3
 run dmctl rm demo/job1 --force
+run dmctl ls demo -o name,size,mapped,parent
 run dmctl ls demo --tree
 run dmctl check demo
 run dmctl pool destroy demo --force
