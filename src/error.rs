@@ -25,9 +25,14 @@ pub enum Error {
     #[error("{0}")]
     PoolState(String),
 
-    /// A device-mapper ioctl failed.
+    /// A device-mapper ioctl failed; `errno` is the kernel's answer when
+    /// that is what failed (callers decide on it, never on the text).
     #[error("device-mapper: {op}: {msg}")]
-    Dm { op: String, msg: String },
+    Dm {
+        op: String,
+        msg: String,
+        errno: Option<i32>,
+    },
 
     /// An external program failed or is missing.
     #[error("{program}: {msg}")]
@@ -54,6 +59,15 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The errno behind a failed kernel call, if that is what failed.
+    pub fn errno(&self) -> Option<nix::errno::Errno> {
+        match self {
+            Error::Dm { errno, .. } => errno.map(nix::errno::Errno::from_raw),
+            Error::Io { source, .. } => source.raw_os_error().map(nix::errno::Errno::from_raw),
+            _ => None,
+        }
+    }
+
     /// Attach the path to an I/O error, so messages say which file failed.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

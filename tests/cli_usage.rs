@@ -568,7 +568,9 @@ fn doctor_as_a_user_says_root_is_needed_not_modprobe() {
     // what was a permission error.
     let setpriv = Command::new("setpriv").arg("--version").output();
     if !nix::unistd::geteuid().is_root() || !setpriv.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: needs root and setpriv: doctor_as_a_user_says_root_is_needed_not_modprobe");
+        eprintln!(
+            "skipped: needs root and setpriv: doctor_as_a_user_says_root_is_needed_not_modprobe"
+        );
         return;
     }
     let out = Command::new("setpriv")

@@ -1,9 +1,12 @@
-//! Device-mapper, through the `devicemapper` crate's ioctl interface.
+//! Device-mapper: the [`DeviceMapper`] trait, the operations dmctl uses
+//! (create/load/resume/suspend/remove/rename devices, send messages, read
+//! tables and status), and [`Dm`], the kernel's, through the
+//! `devicemapper` crate's ioctl interface. Operations reach the kernel only
+//! through the trait, so their logic (transactions, recovery, undo paths)
+//! runs on the host against a fake (`kernel::fake`).
 //!
-//! This module only speaks dm: create/load/resume/suspend/remove devices,
-//! send messages, read tables and status. It enforces one rule of ownership:
-//! dmctl never touches a dm device whose UUID does not carry dmctl's prefix
-//! (see [`crate::names::DM_UUID_PREFIX`]).
+//! One rule of ownership: dmctl never touches a dm device whose UUID does
+//! not carry dmctl's prefix (see [`crate::names::DM_UUID_PREFIX`]).
 
 use crate::error::{Error, Result};
 use crate::names::is_dmctl_uuid;
@@ -24,12 +27,64 @@ pub struct DevInfo {
     pub has_live_table: bool,
 }
 
+/// What dmctl asks of device-mapper. Errors keep the kernel's errno
+/// ([`Error::errno`]): EBUSY is `Error::Busy`, a name taken is
+/// `Error::Exists`, a device that is not there is `Ok(None)`/`Ok(())` where
+/// the method says so.
+pub trait DeviceMapper {
+    /// Info on a device by name; None if there is no such device.
+    fn info(&self, name: &str) -> Result<Option<DevInfo>>;
+    /// Create a device, load its table and resume it. On any failure the
+    /// half-made device is removed again.
+    fn create(
+        &self,
+        name: &str,
+        uuid: &str,
+        table: &[TableLine],
+        read_only: bool,
+    ) -> Result<DevInfo>;
+    /// Remove a device (gone already is fine); `deferred` asks the kernel to
+    /// remove it when its last user closes it.
+    fn remove(&self, name: &str, deferred: bool) -> Result<()>;
+    /// Rename a device (DM_DEV_RENAME): uuid, number and table stay.
+    fn rename(&self, old: &str, new: &str) -> Result<DevInfo>;
+    /// Suspend: I/O is queued, the filesystem on it frozen and flushed first.
+    fn suspend(&self, name: &str) -> Result<()>;
+    fn resume(&self, name: &str) -> Result<()>;
+    /// Send a message to sector 0 of a device (for a pool: create_thin,
+    /// create_snap, delete, set_transaction_id, reserve_metadata_snap...).
+    /// Sent exactly once: a caller never sends it again to learn why it
+    /// failed, the error says.
+    fn message(&self, name: &str, msg: &str) -> Result<Option<String>>;
+    /// Status lines of the live table.
+    fn status(&self, name: &str) -> Result<Vec<TableLine>>;
+    /// Table lines of the live table.
+    fn table(&self, name: &str) -> Result<Vec<TableLine>>;
+    /// Replace the live table: load, suspend, resume (resumed on every path).
+    fn reload(&self, name: &str, table: &[TableLine], read_only: bool) -> Result<()>;
+    /// Every dm device whose uuid is dmctl's.
+    fn list_owned(&self) -> Result<Vec<DevInfo>>;
+
+    /// Info on a device that dmctl owns. A device of that name that dmctl
+    /// did not create is refused, so nothing else is ever touched.
+    fn owned(&self, name: &str) -> Result<Option<DevInfo>> {
+        match self.info(name)? {
+            Some(i) if !i.uuid.as_deref().is_some_and(is_dmctl_uuid) => Err(Error::Busy(format!(
+                "dm device {name} exists but was not created by dmctl (uuid {}); not touching it",
+                i.uuid.as_deref().unwrap_or("none")
+            ))),
+            other => Ok(other),
+        }
+    }
+}
+
+/// The kernel's device-mapper.
 pub struct Dm {
     dm: DM,
 }
 
 /// The errno of a failed ioctl, if that is what failed.
-pub fn errno_of(err: &DmError) -> Option<Errno> {
+fn errno_of(err: &DmError) -> Option<Errno> {
     match err {
         DmError::Core(errors::Error::Ioctl(_, _, _, e)) => Some(**e),
         _ => None,
@@ -44,7 +99,11 @@ fn dm_err(op: impl Into<String>, err: DmError) -> Error {
     let op = op.into();
     match errno_of(&err) {
         Some(Errno::EBUSY) => Error::Busy(format!("device-mapper: {op}: device is busy")),
-        _ => Error::Dm { op, msg },
+        errno => Error::Dm {
+            op,
+            msg,
+            errno: errno.map(|e| e as i32),
+        },
     }
 }
 
@@ -76,9 +135,10 @@ impl Dm {
             )
         })
     }
+}
 
-    /// Info on a device by name; None if there is no such device.
-    pub fn info(&self, name: &str) -> Result<Option<DevInfo>> {
+impl DeviceMapper for Dm {
+    fn info(&self, name: &str) -> Result<Option<DevInfo>> {
         crate::trace::step(|| format!("dm info {name}"));
         match self.dm.device_info(&DevId::Name(dm_name(name)?)) {
             Ok(i) => Ok(Some(dev_info(name, &i))),
@@ -87,21 +147,7 @@ impl Dm {
         }
     }
 
-    /// Info on a device that dmctl owns. A device of that name that dmctl
-    /// did not create is refused, so nothing else is ever touched.
-    pub fn owned(&self, name: &str) -> Result<Option<DevInfo>> {
-        match self.info(name)? {
-            Some(i) if !i.uuid.as_deref().is_some_and(is_dmctl_uuid) => Err(Error::Busy(format!(
-                "dm device {name} exists but was not created by dmctl (uuid {}); not touching it",
-                i.uuid.as_deref().unwrap_or("none")
-            ))),
-            other => Ok(other),
-        }
-    }
-
-    /// Create a device, load its table and resume it. On any failure the
-    /// half-made device is removed again.
-    pub fn create(
+    fn create(
         &self,
         name: &str,
         uuid: &str,
@@ -150,7 +196,7 @@ impl Dm {
 
     /// Remove a device. The crate retries EBUSY a few times; `deferred`
     /// asks the kernel to remove it when its last user closes it.
-    pub fn remove(&self, name: &str, deferred: bool) -> Result<()> {
+    fn remove(&self, name: &str, deferred: bool) -> Result<()> {
         crate::trace::step(|| format!("dm remove {name}"));
         let flags = if deferred {
             DmFlags::DM_DEFERRED_REMOVE
@@ -169,7 +215,7 @@ impl Dm {
 
     /// Rename a device (DM_DEV_RENAME). Its uuid, number and table stay;
     /// only the name changes, in one ioctl.
-    pub fn rename(&self, old: &str, new: &str) -> Result<DevInfo> {
+    fn rename(&self, old: &str, new: &str) -> Result<DevInfo> {
         crate::trace::step(|| format!("dm rename {old} -> {new}"));
         match self
             .dm
@@ -186,7 +232,7 @@ impl Dm {
 
     /// Suspend: I/O is queued, and (by default) the filesystem on it is
     /// frozen and flushed first.
-    pub fn suspend(&self, name: &str) -> Result<()> {
+    fn suspend(&self, name: &str) -> Result<()> {
         crate::trace::step(|| format!("dm suspend {name}"));
         self.dm
             .device_suspend(
@@ -197,7 +243,7 @@ impl Dm {
             .map_err(|e| dm_err(format!("suspend {name}"), e))
     }
 
-    pub fn resume(&self, name: &str) -> Result<()> {
+    fn resume(&self, name: &str) -> Result<()> {
         crate::trace::step(|| format!("dm resume {name}"));
         self.dm
             .device_suspend(&DevId::Name(dm_name(name)?), DmOptions::default())
@@ -205,26 +251,18 @@ impl Dm {
             .map_err(|e| dm_err(format!("resume {name}"), e))
     }
 
-    /// Send a message to sector 0 of a device (for a pool: create_thin,
-    /// create_snap, delete, set_transaction_id, reserve_metadata_snap...).
-    pub fn message(&self, name: &str, msg: &str) -> std::result::Result<Option<String>, DmError> {
+    fn message(&self, name: &str, msg: &str) -> Result<Option<String>> {
         crate::trace::step(|| format!("dm message {name}: {msg}"));
-        let dname = DmName::new(name)?;
         self.dm
-            .target_msg(&DevId::Name(dname), None, msg)
+            .target_msg(&DevId::Name(dm_name(name)?), None, msg)
             .map(|(_, out)| out)
-    }
-
-    /// `message`, with the error made into a dmctl error.
-    pub fn send(&self, name: &str, msg: &str) -> Result<Option<String>> {
-        self.message(name, msg)
             .map_err(|e| dm_err(format!("message '{msg}' to {name}"), e))
     }
 
     /// Status lines of the live table. With NOFLUSH: a thin-pool's status
     /// would otherwise commit its metadata first, a whole commit per query
     /// (the counts are then at most one periodic commit, ~1 s, old).
-    pub fn status(&self, name: &str) -> Result<Vec<TableLine>> {
+    fn status(&self, name: &str) -> Result<Vec<TableLine>> {
         crate::trace::step(|| format!("dm status {name}"));
         self.dm
             .table_status(
@@ -236,7 +274,7 @@ impl Dm {
     }
 
     /// Table lines of the live table.
-    pub fn table(&self, name: &str) -> Result<Vec<TableLine>> {
+    fn table(&self, name: &str) -> Result<Vec<TableLine>> {
         self.dm
             .table_status(
                 &DevId::Name(dm_name(name)?),
@@ -248,7 +286,7 @@ impl Dm {
 
     /// Replace the live table: load into the inactive slot, suspend, resume.
     /// The device is resumed on every path.
-    pub fn reload(&self, name: &str, table: &[TableLine], read_only: bool) -> Result<()> {
+    fn reload(&self, name: &str, table: &[TableLine], read_only: bool) -> Result<()> {
         let id = DevId::Name(dm_name(name)?);
         let flags = if read_only {
             DmFlags::DM_READONLY
@@ -264,7 +302,7 @@ impl Dm {
     }
 
     /// Names and UUIDs of every dm device dmctl owns.
-    pub fn list_owned(&self) -> Result<Vec<DevInfo>> {
+    fn list_owned(&self) -> Result<Vec<DevInfo>> {
         let devs = self
             .dm
             .list_devices()
@@ -278,16 +316,5 @@ impl Dm {
             }
         }
         Ok(out)
-    }
-
-    /// Version of a loaded target type, e.g. "thin-pool".
-    pub fn target_version(&self, target: &str) -> Result<Option<(u32, u32, u32)>> {
-        let v = self
-            .dm
-            .list_versions()
-            .map_err(|e| dm_err("list target versions", e))?;
-        Ok(v.into_iter()
-            .find(|t| t.0 == target)
-            .map(|(_, a, b, c)| (a, b, c)))
     }
 }

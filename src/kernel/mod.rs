@@ -3,6 +3,8 @@
 
 pub mod blockdev;
 pub mod dm;
+#[cfg(test)]
+pub mod fake;
 pub mod loopdev;
 pub mod mount;
 pub mod status;

@@ -13,11 +13,13 @@ pub mod pool;
 pub mod remove;
 pub mod repair;
 pub mod spare;
+#[cfg(test)]
+mod tests;
 pub mod txn;
 pub mod volume;
 
 use crate::error::{Error, Result};
-use crate::kernel::dm::{DevInfo, Dm, TableLine};
+use crate::kernel::dm::{DevInfo, DeviceMapper, Dm, TableLine};
 use crate::kernel::status::{self, PoolStatus, PoolStatusLine};
 use crate::names;
 use crate::store::model::{PoolRecord, PoolState, VolumeRecord};
@@ -27,10 +29,10 @@ use std::cell::OnceCell;
 use std::path::PathBuf;
 
 /// What every operation works with: the state root and, opened on first
-/// use, device-mapper.
+/// use, device-mapper (the kernel's, or a fake in host tests).
 pub struct Ctx {
     pub store: Store,
-    dm: OnceCell<Dm>,
+    dm: OnceCell<Box<dyn DeviceMapper>>,
 }
 
 impl Ctx {
@@ -41,12 +43,20 @@ impl Ctx {
         }
     }
 
-    pub fn dm(&self) -> Result<&Dm> {
-        if let Some(dm) = self.dm.get() {
-            return Ok(dm);
+    /// A context on another device-mapper (a fake, in tests).
+    pub fn with_dm(store: Store, dm: Box<dyn DeviceMapper>) -> Ctx {
+        Ctx {
+            store,
+            dm: OnceCell::from(dm),
         }
-        let dm = Dm::open()?;
-        Ok(self.dm.get_or_init(|| dm))
+    }
+
+    pub fn dm(&self) -> Result<&dyn DeviceMapper> {
+        if let Some(dm) = self.dm.get() {
+            return Ok(dm.as_ref());
+        }
+        let dm: Box<dyn DeviceMapper> = Box::new(Dm::open()?);
+        Ok(self.dm.get_or_init(|| dm).as_ref())
     }
 
     /// Load a pool that is fully created.
@@ -98,10 +108,10 @@ impl Ctx {
         }
     }
 
-    /// Send a message to the pool.
+    /// Send a message to the pool (once; the error keeps its errno).
     pub fn pool_message(&self, pool: &PoolRecord, msg: &str) -> Result<()> {
         self.dm()?
-            .send(&names::pool_dm_name(&pool.name), msg)
+            .message(&names::pool_dm_name(&pool.name), msg)
             .map(|_| ())
     }
 

@@ -17,7 +17,6 @@
 
 use super::Ctx;
 use crate::error::{Error, Result};
-use crate::kernel::dm::errno_of;
 use crate::names;
 use crate::store::model::{now, PoolRecord, Transaction, TxnOp, VolumeRecord};
 use nix::errno::Errno;
@@ -90,19 +89,12 @@ pub fn next_id(id: u32) -> u32 {
     (id + 1) & crate::kernel::status::MAX_THIN_DEV_ID
 }
 
-/// Delete a thin id in the pool; an id that is already gone is fine.
+/// Delete a thin id in the pool; an id that is already gone is fine. The
+/// message is sent once, whatever the answer.
 pub fn delete_thin_id(ctx: &Ctx, pool: &PoolRecord, device_id: u32) -> Result<()> {
-    let dm = ctx.dm()?;
-    match dm.message(
-        &names::pool_dm_name(&pool.name),
-        &format!("delete {device_id}"),
-    ) {
-        Ok(_) => Ok(()),
-        Err(e) if errno_of(&e) == Some(Errno::ENODATA) => Ok(()),
-        Err(_) => {
-            // Say why with dmctl's own error mapping.
-            ctx.pool_message(pool, &format!("delete {device_id}"))
-        }
+    match ctx.pool_message(pool, &format!("delete {device_id}")) {
+        Err(e) if e.errno() == Some(Errno::ENODATA) => Ok(()),
+        r => r,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::{devnode, thin_table, txn, Ctx};
 use crate::error::{Error, Result};
-use crate::kernel::dm::{errno_of, DevInfo};
+use crate::kernel::dm::DevInfo;
 use crate::kernel::status::{
     parse_thin_status, PoolMode, PoolStatus, ThinStatus, META_BLOCK_BYTES,
 };
@@ -203,9 +203,13 @@ fn create_in_pool(
             Some(origin) => {
                 dm.suspend(origin)?;
                 crate::crashpoint::hit("snapshot:origin-suspended");
-                let r = dm.message(&names::pool_dm_name(&pool.name), &msg);
-                dm.resume(origin)?;
-                r
+                let sent = dm.message(&names::pool_dm_name(&pool.name), &msg);
+                // Resumed on every path; the message's own error comes first.
+                let resumed = dm.resume(origin);
+                match (sent, resumed) {
+                    (Ok(out), resumed) => resumed.map(|_| out),
+                    (Err(e), _) => Err(e),
+                }
             }
             None => dm.message(&names::pool_dm_name(&pool.name), &msg),
         };
@@ -218,13 +222,16 @@ fn create_in_pool(
                 });
                 return Ok(volume.clone());
             }
-            Err(e) if errno_of(&e) == Some(Errno::EEXIST) => {
+            Err(e) if e.errno() == Some(Errno::EEXIST) => {
                 let mut v = volume.clone();
                 v.device_id = txn::next_id(v.device_id);
                 txn.op = TxnOp::Create { volume: v };
                 ctx.store.save_txn(&pool.name, txn)?;
             }
-            Err(_) => return ctx.pool_message(pool, &msg).map(|_| volume.clone()),
+            // Sent once, answered once: never sent again to learn why (a
+            // create_snap sent again after the resume would snapshot a live
+            // origin).
+            Err(e) => return Err(e),
         }
     }
     Err(Error::PoolState(format!(
