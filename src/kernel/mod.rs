@@ -8,3 +8,4 @@ pub mod fake;
 pub mod loopdev;
 pub mod mount;
 pub mod status;
+pub mod thin;

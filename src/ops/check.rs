@@ -3,16 +3,13 @@
 //! the live pool) and report drift; with repair, fix what can be fixed
 //! without losing data that dmctl knows about.
 
+use super::metadata::read_kernel_metadata;
 use super::{txn, Ctx};
-use crate::error::{Error, Result};
-use crate::kernel::loopdev;
+use crate::error::Result;
 use crate::names;
-use crate::store::model::{Backing, PoolRecord};
-use crate::thinmeta::{parse_thin_dump, ThinDump};
-use crate::tools::Tool;
+use crate::store::model::PoolRecord;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct CheckReport {
@@ -34,37 +31,6 @@ pub struct CheckReport {
     /// What --repair did.
     pub repaired: Vec<String>,
     pub clean: bool,
-}
-
-/// The device holding the pool's metadata.
-pub(crate) fn meta_device(pool: &PoolRecord) -> Result<PathBuf> {
-    match &pool.meta {
-        Backing::Device { path } => Ok(path.clone()),
-        Backing::File { path } => loopdev::find_by_backing_file(path)?
-            .map(|l| l.path)
-            .ok_or_else(|| {
-                Error::PoolState(format!(
-                    "pool '{}': metadata file has no loop device",
-                    pool.name
-                ))
-            }),
-    }
-}
-
-/// The kernel's view of a live pool: reserve a metadata snapshot, dump it,
-/// release it (on every path).
-pub fn read_kernel_metadata(ctx: &Ctx, pool: &PoolRecord) -> Result<ThinDump> {
-    let meta = meta_device(pool)?;
-    ctx.pool_message(pool, "reserve_metadata_snap")?;
-    let dumped = Tool::ThinDump.run([
-        std::ffi::OsStr::new("--metadata-snap"),
-        std::ffi::OsStr::new("--skip-mappings"),
-        meta.as_os_str(),
-    ]);
-    let released = ctx.pool_message(pool, "release_metadata_snap");
-    let out = dumped?;
-    released?;
-    parse_thin_dump(&String::from_utf8_lossy(&out.stdout))
 }
 
 fn examine(ctx: &Ctx, pool: &PoolRecord) -> Result<CheckReport> {

@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod image;
+mod metadata;
 pub mod monitor;
 
 pub mod pool;
@@ -19,12 +20,12 @@ pub mod txn;
 pub mod volume;
 
 use crate::error::{Error, Result};
-use crate::kernel::dm::{DevInfo, DeviceMapper, Dm, TableLine};
+use crate::kernel::dm::{DevInfo, DeviceMapper, Dm};
 use crate::kernel::status::{self, PoolStatus, PoolStatusLine};
+use crate::kernel::thin::ThinPool;
 use crate::names;
 use crate::store::model::{PoolRecord, PoolState, VolumeRecord};
 use crate::store::Store;
-use crate::units::SECTOR;
 use std::cell::OnceCell;
 use std::path::PathBuf;
 
@@ -108,11 +109,10 @@ impl Ctx {
         }
     }
 
-    /// Send a message to the pool (once; the error keeps its errno).
-    pub fn pool_message(&self, pool: &PoolRecord, msg: &str) -> Result<()> {
-        self.dm()?
-            .message(&names::pool_dm_name(&pool.name), msg)
-            .map(|_| ())
+    /// The pool's dm-thin messages (`kernel::thin`), for a pool whose dm
+    /// name the caller holds.
+    pub fn thin_pool<'a>(&'a self, dm_name: &'a str) -> Result<ThinPool<'a>> {
+        Ok(ThinPool::new(self.dm()?, dm_name))
     }
 
     pub fn thin_dm_name(&self, pool: &PoolRecord, vol: &VolumeRecord) -> String {
@@ -123,16 +123,6 @@ impl Ctx {
     pub fn thin_device(&self, pool: &PoolRecord, vol: &VolumeRecord) -> Result<Option<DevInfo>> {
         self.dm()?.owned(&self.thin_dm_name(pool, vol))
     }
-}
-
-/// The table of a thin volume.
-pub fn thin_table(pool_devno: (u32, u32), device_id: u32, size: u64) -> Vec<TableLine> {
-    vec![(
-        0,
-        size / SECTOR,
-        "thin".into(),
-        format!("{} {device_id}", status::fmt_dev(pool_devno)),
-    )]
 }
 
 /// Node of an active dm device: `/dev/dm-N` (there may be no udev).

@@ -3,7 +3,7 @@
 use super::{txn, volume, Ctx};
 use crate::error::{Error, IoContext, Result};
 use crate::kernel::dm::TableLine;
-use crate::kernel::status::{PoolMode, PoolStatusLine, META_BLOCK_BYTES};
+use crate::kernel::status::{PoolMode, PoolStatusLine, PoolTable, META_BLOCK_BYTES};
 use crate::kernel::{blockdev, loopdev, mount};
 use crate::names::{self, validate_name};
 use crate::store::model::{now, Backing, PoolRecord, PoolState};
@@ -290,29 +290,19 @@ fn detach_loops(rec: &PoolRecord) -> Result<()> {
 fn pool_table(rec: &PoolRecord, meta: &Path, data: &Path) -> Result<Vec<TableLine>> {
     let mut features = vec![];
     if !rec.zeroing {
-        features.push("skip_block_zeroing");
+        features.push("skip_block_zeroing".to_string());
     }
     if rec.error_if_no_space {
-        features.push("error_if_no_space");
+        features.push("error_if_no_space".to_string());
     }
-    let feat = if features.is_empty() {
-        String::new()
-    } else {
-        format!(" {} {}", features.len(), features.join(" "))
+    let table = PoolTable {
+        meta_dev: blockdev::devno(meta)?,
+        data_dev: blockdev::devno(data)?,
+        block_sectors: rec.block_size / SECTOR,
+        low_water_blocks: (rec.low_water_mark / rec.block_size).max(1),
+        features,
     };
-    let params = format!(
-        "{} {} {} {}{feat}",
-        crate::kernel::status::fmt_dev(blockdev::devno(meta)?),
-        crate::kernel::status::fmt_dev(blockdev::devno(data)?),
-        rec.block_size / SECTOR,
-        (rec.low_water_mark / rec.block_size).max(1),
-    );
-    Ok(vec![(
-        0,
-        rec.data_size / SECTOR,
-        "thin-pool".into(),
-        params,
-    )])
+    Ok(crate::kernel::thin::pool_table(&table, rec.data_size))
 }
 
 /// Attach the backing devices and load the pool table (a new dm device).

@@ -285,19 +285,9 @@ fn salvage_str(raw: &str, key: &str) -> Option<String> {
 /// The end of the highest mapped block of thin id `id`, in pool blocks,
 /// from `thin_dump --dev-id` of a metadata snapshot of the live pool.
 fn mapped_extent(ctx: &Ctx, pool: &PoolRecord, id: u32) -> Result<u64> {
-    let meta = super::check::meta_device(pool)?;
-    ctx.pool_message(pool, "reserve_metadata_snap")?;
-    let id_s = id.to_string();
-    let dumped = Tool::ThinDump.run([
-        OsStr::new("--metadata-snap"),
-        OsStr::new("--dev-id"),
-        OsStr::new(&id_s),
-        meta.as_os_str(),
-    ]);
-    let released = ctx.pool_message(pool, "release_metadata_snap");
-    let out = dumped?;
-    released?;
-    Ok(highest_mapped_block(&String::from_utf8_lossy(&out.stdout)))
+    Ok(highest_mapped_block(&super::metadata::dump_device(
+        ctx, pool, id,
+    )?))
 }
 
 /// One past the highest origin block mapped in `thin_dump` XML.
@@ -442,17 +432,11 @@ pub fn rebuild_records(
         if ctx.dm()?.owned(&dm_name)?.is_none() {
             continue;
         }
-        let Some(line) = ctx.dm()?.table(&dm_name)?.into_iter().next() else {
+        let Some((id, len)) = crate::kernel::thin::thin_id_of(ctx.dm()?, &dm_name)? else {
             continue;
         };
-        let id = line
-            .3
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u32>().ok());
-        if let Some(id) = id.filter(|id| free.contains(id)) {
-            free.remove(&id);
-            pairs.push((i, id, Some(line.1 * SECTOR)));
+        if free.remove(&id) {
+            pairs.push((i, id, Some(len)));
         }
     }
     // 2. The id left in the damaged text.

@@ -19,7 +19,6 @@ use super::Ctx;
 use crate::error::{Error, Result};
 use crate::names;
 use crate::store::model::{now, PoolRecord, Transaction, TxnOp, VolumeRecord};
-use nix::errno::Errno;
 
 /// Record the intent of a kernel-changing step.
 pub fn begin(ctx: &Ctx, pool: &PoolRecord, op: TxnOp) -> Result<Transaction> {
@@ -46,11 +45,9 @@ pub fn commit_saved(ctx: &Ctx, pool: &mut PoolRecord, txn: &Transaction) -> Resu
 }
 
 fn set_transaction_id(ctx: &Ctx, pool: &PoolRecord, txn: &Transaction) -> Result<()> {
-    let old = txn.transaction_id - 1;
-    ctx.pool_message(
-        pool,
-        &format!("set_transaction_id {old} {}", txn.transaction_id),
-    )?;
+    let dm_name = names::pool_dm_name(&pool.name);
+    ctx.thin_pool(&dm_name)?
+        .set_transaction_id(txn.transaction_id - 1, txn.transaction_id)?;
     crate::crashpoint::hit("txn:after-set-transaction-id");
     Ok(())
 }
@@ -92,10 +89,8 @@ pub fn next_id(id: u32) -> u32 {
 /// Delete a thin id in the pool; an id that is already gone is fine. The
 /// message is sent once, whatever the answer.
 pub fn delete_thin_id(ctx: &Ctx, pool: &PoolRecord, device_id: u32) -> Result<()> {
-    match ctx.pool_message(pool, &format!("delete {device_id}")) {
-        Err(e) if e.errno() == Some(Errno::ENODATA) => Ok(()),
-        r => r,
-    }
+    let dm_name = names::pool_dm_name(&pool.name);
+    ctx.thin_pool(&dm_name)?.delete(device_id)
 }
 
 /// Remove a volume's dm device if present (it must be unmounted).

@@ -1,12 +1,13 @@
 //! Volume operations: create, snapshot, activate, deactivate, mount, umount,
 //! rm, resize, info, ls.
 
-use super::{devnode, thin_table, txn, Ctx};
+use super::{devnode, txn, Ctx};
 use crate::error::{Error, Result};
 use crate::kernel::dm::DevInfo;
 use crate::kernel::status::{
     parse_thin_status, PoolMode, PoolStatus, ThinStatus, META_BLOCK_BYTES,
 };
+use crate::kernel::thin::thin_table;
 use crate::kernel::{blockdev, mount};
 use crate::names::{self, validate_name, VolumeRef};
 use crate::store::model::{now, Filesystem, PoolRecord, Transaction, TxnOp, VolumeRecord};
@@ -192,26 +193,11 @@ fn create_in_pool(
         let TxnOp::Create { volume } = &txn.op else {
             unreachable!("create_in_pool on a delete transaction")
         };
-        let msg = match volume.parent_device_id {
-            Some(origin) => format!("create_snap {} {origin}", volume.device_id),
-            None => format!("create_thin {}", volume.device_id),
-        };
-        let dm = ctx.dm()?;
-        let sent = match suspended_origin {
-            // An active origin must be suspended around create_snap (the
-            // kernel does not enforce it; skipping it corrupts snapshots).
-            Some(origin) => {
-                dm.suspend(origin)?;
-                crate::crashpoint::hit("snapshot:origin-suspended");
-                let sent = dm.message(&names::pool_dm_name(&pool.name), &msg);
-                // Resumed on every path; the message's own error comes first.
-                let resumed = dm.resume(origin);
-                match (sent, resumed) {
-                    (Ok(out), resumed) => resumed.map(|_| out),
-                    (Err(e), _) => Err(e),
-                }
-            }
-            None => dm.message(&names::pool_dm_name(&pool.name), &msg),
+        let dm_name = names::pool_dm_name(&pool.name);
+        let thin = ctx.thin_pool(&dm_name)?;
+        let sent = match volume.parent_device_id {
+            Some(origin) => thin.create_snap(volume.device_id, origin, suspended_origin),
+            None => thin.create_thin(volume.device_id),
         };
         match sent {
             Ok(_) => {
