@@ -80,22 +80,13 @@ fn examine(ctx: &Ctx, pool: &PoolRecord) -> Result<CheckReport> {
 /// Whether a record set aside by an earlier `check --repair` is still
 /// without a rebuilt record (`NAME.json.corrupt-TIME`, no `NAME.json`).
 fn has_set_aside_records(ctx: &Ctx, pool: &PoolRecord) -> Result<bool> {
-    let dir = ctx.store.pool_dir(&pool.name)?.join("devices");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Ok(false);
-    };
-    for e in rd.flatten() {
-        let f = e.file_name();
-        let Some((name, _)) = f.to_str().and_then(|f| f.split_once(".json.corrupt-")) else {
-            continue;
-        };
-        if names::is_valid_name(name)
-            && ctx
-                .store
-                .load_volume(&pool.name, name)
-                .ok()
-                .flatten()
-                .is_none()
+    for (name, _) in ctx.store.set_aside_records(&pool.name)? {
+        if ctx
+            .store
+            .load_volume(&pool.name, &name)
+            .ok()
+            .flatten()
+            .is_none()
         {
             return Ok(true);
         }

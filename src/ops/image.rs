@@ -13,12 +13,8 @@
 //! containerd has), so `export` writes the same diff ids, hence the same
 //! ChainIDs, and `commit` records the tar it applied.
 //!
-//! ```text
-//! ROOT/pools/POOL/images/<sha256(ref)[..32]>.json  ImageRecord
-//! ROOT/pools/POOL/layers/<chain hex>.json         LayerRecord
-//! ROOT/pools/POOL/blobs/<hex>                     layer tars and configs
-//! ROOT/locks/images/POOL.lock                     held by image commands
-//! ```
+//! Records live in the pool's image store (`store::ImageDir`: images by
+//! reference, layers by ChainID, blobs by digest; see `store` for the tree).
 
 use super::{spare, volume, Ctx};
 use crate::error::{Error, IoContext, Result};
@@ -28,6 +24,7 @@ use crate::image::{diff, layer};
 use crate::kernel::mount;
 use crate::names::VolumeRef;
 use crate::store::model::{now, Filesystem, VolumeRecord};
+use crate::store::ImageDir;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::io::{Read, Write};
@@ -63,21 +60,20 @@ impl ImageRecord {
     }
 }
 
-fn pool_path(ctx: &Ctx, pool: &str, sub: &str) -> Result<PathBuf> {
-    Ok(ctx.store.pool_dir(pool)?.join(sub))
+fn pool_path(ctx: &Ctx, pool: &str, which: ImageDir) -> Result<PathBuf> {
+    ctx.store.image_dir(pool, which)
 }
 
 fn image_file(ctx: &Ctx, pool: &str, reference: &str) -> Result<PathBuf> {
-    let key = hex::encode(Sha256::digest(reference.as_bytes()));
-    Ok(pool_path(ctx, pool, "images")?.join(format!("{}.json", &key[..32])))
+    ctx.store.image_file(pool, reference)
 }
 
 fn layer_file(ctx: &Ctx, pool: &str, chain: &Digest) -> Result<PathBuf> {
-    Ok(pool_path(ctx, pool, "layers")?.join(format!("{}.json", chain.hex())))
+    ctx.store.layer_file(pool, chain.hex())
 }
 
 fn blob_file(ctx: &Ctx, pool: &str, digest: &Digest) -> Result<PathBuf> {
-    Ok(pool_path(ctx, pool, "blobs")?.join(digest.hex()))
+    ctx.store.blob_file(pool, digest.hex())
 }
 
 /// The volume that holds a layer.
@@ -88,15 +84,22 @@ pub fn layer_volume_name(chain: &Digest) -> String {
 pub(super) fn lock_images(ctx: &Ctx, pool: &str) -> Result<LockFile> {
     // A pool that does not exist gets no lock file.
     ctx.store.load_pool(pool)?;
-    let dir = ctx.store.root().join("locks").join("images");
-    fsutil::create_private_dir(&dir)?;
-    fsutil::lock_exclusive(&dir.join(format!("{pool}.lock")))
+    let file = ctx.store.images_lock_file(pool)?;
+    if let Some(dir) = file.parent() {
+        fsutil::create_private_dir(dir)?;
+    }
+    fsutil::lock_exclusive(&file)
 }
 
 fn init_dirs(ctx: &Ctx, pool: &str) -> Result<()> {
     ctx.store.load_pool(pool)?;
-    for sub in ["images", "layers", "blobs", "mnt"] {
-        fsutil::create_private_dir(&pool_path(ctx, pool, sub)?)?;
+    for which in [
+        ImageDir::Images,
+        ImageDir::Layers,
+        ImageDir::Blobs,
+        ImageDir::Work,
+    ] {
+        fsutil::create_private_dir(&pool_path(ctx, pool, which)?)?;
     }
     Ok(())
 }
@@ -112,7 +115,7 @@ pub fn load_image(ctx: &Ctx, pool: &str, reference: &str) -> Result<ImageRecord>
 
 pub fn list_images(ctx: &Ctx, pool: &str) -> Result<Vec<ImageRecord>> {
     ctx.store.load_pool(pool)?;
-    let mut out: Vec<ImageRecord> = read_records(&pool_path(ctx, pool, "images")?)?;
+    let mut out: Vec<ImageRecord> = read_records(&pool_path(ctx, pool, ImageDir::Images)?)?;
     out.sort_by(|a, b| a.reference.cmp(&b.reference));
     Ok(out)
 }
@@ -134,7 +137,8 @@ struct TempMount {
 
 impl TempMount {
     fn new(ctx: &Ctx, pool: &str, tag: &str) -> Result<TempMount> {
-        let dir = pool_path(ctx, pool, "mnt")?.join(format!("{}-{tag}", std::process::id()));
+        let dir =
+            pool_path(ctx, pool, ImageDir::Work)?.join(format!("{}-{tag}", std::process::id()));
         fsutil::create_private_dir(&dir)?;
         Ok(TempMount {
             dir,
@@ -474,7 +478,7 @@ fn make_layer(
             )?;
         }
     }
-    let blob_tmp = pool_path(ctx, pool, "blobs")?.join(format!(".{name}.tmp"));
+    let blob_tmp = pool_path(ctx, pool, ImageDir::Blobs)?.join(format!(".{name}.tmp"));
     let made = (|| {
         crate::crashpoint::hit("layer:after-volume");
         let mut m = TempMount::new(ctx, pool, &name)?;
@@ -517,7 +521,7 @@ fn seal_layer(ctx: &Ctx, pool: &str, name: &str) -> Result<()> {
 pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
     init_dirs(ctx, req.pool)?;
     let _lock = lock_images(ctx, req.pool)?;
-    let work = pool_path(ctx, req.pool, "mnt")?;
+    let work = pool_path(ctx, req.pool, ImageDir::Work)?;
     let img = oci::open(req.source, req.selector, req.name, &work)?;
     let reference = req
         .name
@@ -778,7 +782,7 @@ pub fn remove(ctx: &Ctx, pool: &str, reference: &str) -> Result<RemoveReport> {
 }
 
 fn list_layers(ctx: &Ctx, pool: &str) -> Result<Vec<LayerRecord>> {
-    read_records(&pool_path(ctx, pool, "layers")?)
+    read_records(&pool_path(ctx, pool, ImageDir::Layers)?)
 }
 
 /// The layer a volume holds, and the images that use it (`None`: the volume
@@ -788,7 +792,7 @@ pub(super) fn layer_of_volume(
     pool: &str,
     volume: &str,
 ) -> Result<Option<(LayerRecord, Vec<String>)>> {
-    if !pool_path(ctx, pool, "layers")?.is_dir() {
+    if !pool_path(ctx, pool, ImageDir::Layers)?.is_dir() {
         return Ok(None);
     }
     let Some(rec) = list_layers(ctx, pool)?
@@ -815,7 +819,7 @@ pub(super) fn forget_layer(ctx: &Ctx, pool: &str, rec: &LayerRecord) -> Result<(
 /// what is missing. Such an image cannot be provisioned until it is
 /// imported again.
 pub(super) fn broken_images(ctx: &Ctx, pool: &str) -> Result<Vec<(ImageRecord, String)>> {
-    if !pool_path(ctx, pool, "images")?.is_dir() {
+    if !pool_path(ctx, pool, ImageDir::Images)?.is_dir() {
         return Ok(vec![]);
     }
     let mut out = vec![];
@@ -1074,7 +1078,8 @@ pub fn commit(ctx: &Ctx, v: &VolumeRef, reference: &str) -> Result<ImportReport>
         .ok_or_else(|| Error::Drift(format!("layer {parent_chain} has no record")))?;
 
     // The diff, into the content store under a temporary name.
-    let tmp = pool_path(ctx, &v.pool, "blobs")?.join(format!(".commit-{}.tmp", std::process::id()));
+    let tmp = pool_path(ctx, &v.pool, ImageDir::Blobs)?
+        .join(format!(".commit-{}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp).at(&tmp)?;
     diff(ctx, v, false, &mut f)?;
     f.sync_all().at(&tmp)?;

@@ -739,7 +739,7 @@ pub fn status(ctx: &Ctx, pool: &str) -> Result<PoolReport> {
             Backing::Device { .. } => "device",
         },
         volumes: ctx.store.volume_names(pool)?.len(),
-        provisioned: provisioned_bytes(ctx, pool)?,
+        provisioned: ctx.store.provisioned_bytes(pool)?,
         max_overcommit: rec.max_overcommit,
         open_transaction: ctx.store.load_txn(pool)?.map(|t| t.transaction_id),
     };
@@ -791,21 +791,11 @@ impl std::fmt::Display for Overcommit {
 /// Whether the pool is overcommitted.
 pub fn overcommit(ctx: &Ctx, pool: &str) -> Result<Option<Overcommit>> {
     let rec = ctx.store.load_pool(pool)?;
-    let provisioned = provisioned_bytes(ctx, pool)?;
+    let provisioned = ctx.store.provisioned_bytes(pool)?;
     Ok((provisioned > rec.data_size).then_some(Overcommit {
         provisioned,
         data_size: rec.data_size,
     }))
-}
-
-/// Sum of the sizes of the pool's volumes.
-pub fn provisioned_bytes(ctx: &Ctx, pool: &str) -> Result<u64> {
-    Ok(ctx
-        .store
-        .list_volumes(pool)?
-        .iter()
-        .map(|v| v.size)
-        .fold(0u64, u64::saturating_add))
 }
 
 /// `dmctl pool ls`.

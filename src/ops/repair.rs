@@ -367,7 +367,7 @@ pub fn rebuild_records(
     orphans: &[u32],
 ) -> Result<Rebuilt> {
     let mut out = Rebuilt::default();
-    let devices = ctx.store.pool_dir(&pool.name)?.join("devices");
+    let devices = ctx.store.devices_dir_path(&pool.name)?;
     let mut cands = vec![];
     for name in ctx.store.volume_names(&pool.name)? {
         if ctx.store.volume(&pool.name, &name).is_ok() {
@@ -375,7 +375,7 @@ pub fn rebuild_records(
         }
         let file = ctx.store.volume_file(&pool.name, &name)?;
         let raw = String::from_utf8_lossy(&std::fs::read(&file).at(&file)?).into_owned();
-        let aside = with_suffix(&file, &format!("corrupt-{}", now()));
+        let aside = ctx.store.set_aside_file(&pool.name, &name, now())?;
         std::fs::rename(&file, &aside).at(&file)?;
         crate::fsutil::fsync_dir(&devices)?;
         out.notes.push(format!(
@@ -390,35 +390,19 @@ pub fn rebuild_records(
         });
     }
     // Earlier runs' files whose volume still has no record.
-    if let Ok(rd) = std::fs::read_dir(&devices) {
-        let mut earlier: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-        earlier.sort();
-        for file in earlier {
-            let Some(fname) = file.file_name().and_then(|f| f.to_str()) else {
-                continue;
-            };
-            let Some((name, _)) = fname.split_once(".json.corrupt-") else {
-                continue;
-            };
-            if !names::is_valid_name(name)
-                || cands.iter().any(|c| c.file == file)
-                || ctx
-                    .store
-                    .load_volume(&pool.name, name)
-                    .ok()
-                    .flatten()
-                    .is_some()
-                || cands.iter().any(|c| c.name == name)
-            {
-                continue;
-            }
-            let raw = String::from_utf8_lossy(&std::fs::read(&file).at(&file)?).into_owned();
-            cands.push(Candidate {
-                name: name.to_string(),
-                file,
-                raw,
-            });
+    for (name, file) in ctx.store.set_aside_records(&pool.name)? {
+        if cands.iter().any(|c| c.file == file || c.name == name)
+            || ctx
+                .store
+                .load_volume(&pool.name, &name)
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            continue;
         }
+        let raw = String::from_utf8_lossy(&std::fs::read(&file).at(&file)?).into_owned();
+        cands.push(Candidate { name, file, raw });
     }
     if cands.is_empty() {
         return Ok(out);

@@ -62,13 +62,12 @@ fn spare_number(layer_volume: &str, name: &str) -> Option<u32> {
 }
 
 fn spares_dir(ctx: &Ctx, pool: &str) -> Result<PathBuf> {
-    Ok(ctx.store.pool_dir(pool)?.join("spares"))
+    ctx.store.spares_dir(pool)
 }
 
 /// Where a spare is mounted while it waits.
 fn spare_mountpoint(ctx: &Ctx, pool: &str, spare: &str) -> Result<PathBuf> {
-    names::validate_name("volume", spare)?;
-    Ok(spares_dir(ctx, pool)?.join(spare))
+    ctx.store.spare_mountpoint(pool, spare)
 }
 
 /// The spares of `layer_volume`, by number, from the names of the volume

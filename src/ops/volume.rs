@@ -138,7 +138,10 @@ fn check_overcommit(ctx: &Ctx, pool: &PoolRecord, size: u64) -> Result<()> {
     let Some(limit) = pool.max_overcommit else {
         return Ok(());
     };
-    let total = super::pool::provisioned_bytes(ctx, &pool.name)?.saturating_add(size);
+    let total = ctx
+        .store
+        .provisioned_bytes(&pool.name)?
+        .saturating_add(size);
     if total as f64 > limit * pool.data_size as f64 {
         return Err(Error::PoolState(format!(
             "pool '{}': its volumes would add up to {}, more than {limit}x its data size {} \
@@ -904,7 +907,7 @@ fn grow_fs(
     if let Some(mp) = first_mountpoint(info)? {
         return tool.run([arg(&mp)]).map(|_| ());
     }
-    let dir = ctx.store.root().join("tmp");
+    let dir = ctx.store.tmp_dir();
     crate::fsutil::create_private_dir(&dir)?;
     let mut command = tool.command()?;
     command.arg(arg(&dir));

@@ -1,13 +1,22 @@
 //! The state root: JSON metadata of pools and volumes, and their locks.
 //!
+//! Every path under the state root is made here, and only here:
+//!
 //! ```text
 //! ROOT/                      0700
 //!   locks/POOL.lock          flock: held exclusively by mutating commands
+//!   locks/images/POOL.lock   flock: held by image commands (taken first)
+//!   tmp/                     private mount point of `resize`'s grow tool
 //!   pools/POOL/pool.json     PoolRecord
 //!   pools/POOL/txn.json      Transaction, only while one is open
 //!   pools/POOL/claim.json    Claim of a warm spare, only while one is open
-//!   pools/POOL/spares/NAME/  mount points of warm spares (ops::spare)
 //!   pools/POOL/devices/NAME.json  VolumeRecord
+//!   pools/POOL/devices/NAME.json.corrupt-TIME  a record set aside by check --repair
+//!   pools/POOL/spares/NAME/  mount points of warm spares (ops::spare)
+//!   pools/POOL/images/KEY.json    ImageRecord (KEY: sha256 of the reference)
+//!   pools/POOL/layers/CHAIN.json  LayerRecord
+//!   pools/POOL/blobs/HEX     layer tars and configs, by digest
+//!   pools/POOL/mnt/          temporary mounts and extraction of image commands
 //!   pools/POOL/data.img, meta.img  sparse backing files (file-backed pools)
 //! ```
 //! Every write is temp + fsync + rename + fsync(dir) (see `fsutil`); files
@@ -23,6 +32,43 @@ use model::{Claim, PoolRecord, Transaction, VolumeRecord};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/dmctl";
+
+/// Between a record's name and the time it was set aside.
+const SET_ASIDE_INFIX: &str = ".corrupt-";
+
+/// A sha256 hex digest, the only thing besides validated names that
+/// becomes a file name.
+fn checked_hex(hex: &str) -> Result<&str> {
+    if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(hex)
+    } else {
+        Err(Error::Invalid(format!(
+            "not a sha256 digest: {}",
+            hex.escape_debug()
+        )))
+    }
+}
+
+/// The directories of a pool's image store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageDir {
+    Images,
+    Layers,
+    Blobs,
+    /// Temporary mounts and extraction.
+    Work,
+}
+
+impl ImageDir {
+    fn as_str(self) -> &'static str {
+        match self {
+            ImageDir::Images => "images",
+            ImageDir::Layers => "layers",
+            ImageDir::Blobs => "blobs",
+            ImageDir::Work => "mnt",
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -63,6 +109,108 @@ impl Store {
 
     fn devices_dir(&self, pool: &str) -> Result<PathBuf> {
         Ok(self.pool_dir(pool)?.join("devices"))
+    }
+
+    /// Where warm spares are mounted while they wait (a private mount).
+    pub fn spares_dir(&self, pool: &str) -> Result<PathBuf> {
+        Ok(self.pool_dir(pool)?.join("spares"))
+    }
+
+    /// Where spare `spare` waits.
+    pub fn spare_mountpoint(&self, pool: &str, spare: &str) -> Result<PathBuf> {
+        validate_name("volume", spare)?;
+        Ok(self.spares_dir(pool)?.join(spare))
+    }
+
+    /// A directory of the image store: `images`, `layers`, `blobs` or `mnt`.
+    pub fn image_dir(&self, pool: &str, which: ImageDir) -> Result<PathBuf> {
+        Ok(self.pool_dir(pool)?.join(which.as_str()))
+    }
+
+    /// An image's record: named by the sha256 of its reference, so a
+    /// reference (any string a registry allows) never becomes a path.
+    pub fn image_file(&self, pool: &str, reference: &str) -> Result<PathBuf> {
+        use sha2::Digest as _;
+        let key = hex::encode(sha2::Sha256::digest(reference.as_bytes()));
+        Ok(self
+            .image_dir(pool, ImageDir::Images)?
+            .join(format!("{}.json", &key[..32])))
+    }
+
+    /// A layer's record, by the hex of its ChainID.
+    pub fn layer_file(&self, pool: &str, chain_hex: &str) -> Result<PathBuf> {
+        let hex = checked_hex(chain_hex)?;
+        Ok(self
+            .image_dir(pool, ImageDir::Layers)?
+            .join(format!("{hex}.json")))
+    }
+
+    /// A blob of the content store, by the hex of its digest.
+    pub fn blob_file(&self, pool: &str, digest_hex: &str) -> Result<PathBuf> {
+        let hex = checked_hex(digest_hex)?;
+        Ok(self.image_dir(pool, ImageDir::Blobs)?.join(hex))
+    }
+
+    /// The lock image commands take before the pool's.
+    pub fn images_lock_file(&self, pool: &str) -> Result<PathBuf> {
+        validate_name("pool", pool)?;
+        Ok(self
+            .root
+            .join("locks")
+            .join("images")
+            .join(format!("{pool}.lock")))
+    }
+
+    /// A private scratch directory (the grow tool's mount point).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Sum of the sizes of the pool's volumes.
+    pub fn provisioned_bytes(&self, pool: &str) -> Result<u64> {
+        Ok(self
+            .list_volumes(pool)?
+            .iter()
+            .map(|v| v.size)
+            .fold(0u64, u64::saturating_add))
+    }
+
+    /// Where `check --repair` sets an unreadable record aside:
+    /// `NAME.json.corrupt-TIME`.
+    pub fn set_aside_file(&self, pool: &str, name: &str, unix_time: u64) -> Result<PathBuf> {
+        let file = format!("{name}.json{SET_ASIDE_INFIX}{unix_time}");
+        Ok(self.devices_dir(pool)?.join(file))
+    }
+
+    /// Records set aside by `check --repair`, as (volume name, file),
+    /// sorted by file name.
+    pub fn set_aside_records(&self, pool: &str) -> Result<Vec<(String, PathBuf)>> {
+        let dir = self.devices_dir(pool)?;
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        let mut out = vec![];
+        for e in rd.flatten() {
+            let file = e.file_name();
+            let Some((stem, _)) = file.to_str().and_then(|f| f.split_once(SET_ASIDE_INFIX)) else {
+                continue;
+            };
+            let Some(name) = stem.strip_suffix(".json") else {
+                continue;
+            };
+            if crate::names::is_valid_name(name) {
+                out.push((name.to_string(), e.path()));
+            }
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+
+    /// The directory of the pool's volume records (fsync'd after renames).
+    pub fn devices_dir_path(&self, pool: &str) -> Result<PathBuf> {
+        self.devices_dir(pool)
     }
 
     pub fn volume_file(&self, pool: &str, name: &str) -> Result<PathBuf> {
