@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # vm-tests/lib.sh: build a guest (Debian cloud kernel + busybox initramfs) and
 # boot it under QEMU/TCG. Sourced by the entry scripts in this directory.
 #
@@ -186,16 +187,28 @@ boot_guest() {
     kernel=$(ls "$KERNEL_DIR"/root/boot/vmlinuz-*)
     # no_timer_check: on a loaded host the kernel's early timer check under
     # TCG fails now and then ("IO-APIC + timer doesn't work!", a panic).
+    # shellcheck disable=SC2054 # the commas are QEMU's
     local args=(-accel tcg -cpu max -m "$DMCTL_VM_MEM" -smp "$DMCTL_VM_CPUS"
         -kernel "$kernel" -initrd "$initrd"
         -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check dmctl.bin=$BIN_DIR $append"
-        -nographic -no-reboot -monitor none -serial stdio -nic none)
+        -nographic -no-reboot -monitor none -serial stdio -nic none
+        -fw_cfg name=etc/sercon-port,string=0)
     if [ -n "$disk" ]; then
         args+=(-drive "file=$disk,if=virtio,format=raw,cache=writeback")
     fi
     : >"$logf"
-    qemu-system-x86_64 "${args[@]}" </dev/null 2>&1 | stdbuf -o0 tr -d '\r' | tee -a "$logf" &
-    # $! is tee's pid; find QEMU's by its initrd argument.
+    # sercon-port=0 keeps SeaBIOS off the serial console: it wrote "ESC c
+    # ESC[?7l ESC[2J" (reset, line wrap off, clear) to the user's terminal.
+    # QEMU warns that the name lacks "opt/" (SeaBIOS reads exactly this
+    # name): drop that line. Any other escape sequence is filtered out before
+    # the terminal and the log see it, as are the serial console's CRs.
+    # In a subshell with stderr to /dev/null: bash reports QEMU's SIGKILL (a
+    # power cut) as "Killed" there, not on the terminal.
+    (qemu-system-x86_64 "${args[@]}" </dev/null 2>&1 |
+        LC_ALL=C sed -u -e '/externally provided fw_cfg item names/d' -e 's/\r//g' \
+            -e 's|\x1b\[[0-?]*[ -/]*[@-~]||g' -e 's|\x1b[()].||g' -e 's|\x1b.\?||g' |
+        tee -a "$logf") 2>/dev/null &
+    # $! is the subshell's pid; find QEMU's by its initrd argument.
     sleep 0.2
     qpid=$(pgrep -n -f -- "-initrd $initrd" || true)
     while [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; do
