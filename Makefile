@@ -2,7 +2,12 @@
 # cargo-fuzz (`cargo install cargo-fuzz`) and, for the layer target, root.
 #
 #   make static                static, non-PIE release binaries in target/HOST-TRIPLE/release
-#   make test                  ./vm-tests/test-all (host tests, guest tests, power cuts)
+#   make install               make static, then dmctl, man pages, completions and systemd
+#                              units under $(DESTDIR)$(PREFIX) (PREFIX=/usr/local)
+#   make deb                   the Debian package: target/debian/dmctl_VERSION_ARCH.deb
+#   make test-deb              install that package on this host, check it, remove it (root)
+#   make test                  ./vm-tests/test-all (host tests, guest tests, power cuts, package)
+#   make host-test             ./vm-tests/host-tests (the host tier only; dm tests count as skipped)
 #   make demo                  ./vm-tests/demo
 #   make fuzz                  every fuzz target for FUZZ_SECONDS (default 60) each
 #   make fuzz-TARGET           one target (status units names state_json thin_dump layer oci_digest)
@@ -19,14 +24,32 @@ FUZZ_TARGETS := status units names state_json thin_dump layer oci_digest
 CARGO_FUZZ ?= RUSTC_BOOTSTRAP=1 cargo fuzz
 CARGO_FUZZ_FLAGS ?= -a
 
-.PHONY: static test demo fuzz fuzz-build $(addprefix fuzz-,$(FUZZ_TARGETS))
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+.PHONY: static install deb test-deb test host-test demo fuzz fuzz-build $(addprefix fuzz-,$(FUZZ_TARGETS))
 
 # The same build as the guest harness's (vm-tests/cargo-static).
 static:
 	./vm-tests/cargo-static build --bins
 
+# Completions and man pages come from the binary (dmctl completions SHELL,
+# dmctl manpages DIR), generated into target/dist by packaging/build-dist.
+install:
+	./packaging/build-dist
+	./packaging/install-tree "$(DESTDIR)" "$(PREFIX)"
+
+deb:
+	./packaging/build-deb
+
+test-deb:
+	./packaging/test-deb
+
 test:
 	./vm-tests/test-all
+
+host-test:
+	./vm-tests/host-tests
 
 demo:
 	./vm-tests/demo

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # vm-tests/lib.sh: build a guest (Debian cloud kernel + busybox initramfs) and
 # boot it under QEMU/TCG. Sourced by the entry scripts in this directory.
 #
@@ -45,7 +46,14 @@ GUEST_FILES="/etc/mke2fs.conf"
 # The guest runs static, non-PIE builds of the project, every binary of it
 # the floors included, so comparisons stay fair: see vm-tests/cargo-static.
 HOST_TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
-BIN_DIR="$REPO_DIR/target/$HOST_TRIPLE/release"
+# cargo's target directory: $CARGO_TARGET_DIR if set (relative to the repo,
+# where cargo-static runs cargo), else target/.
+case "${CARGO_TARGET_DIR:-}" in
+    "") TARGET_DIR=$REPO_DIR/target ;;
+    /*) TARGET_DIR=$CARGO_TARGET_DIR ;;
+    *) TARGET_DIR=$REPO_DIR/$CARGO_TARGET_DIR ;;
+esac
+BIN_DIR="$TARGET_DIR/$HOST_TRIPLE/release"
 cargo_static() { "$VM_DIR/cargo-static" "$@"; }
 
 log() { printf 'vm-tests: %s\n' "$*" >&2; }
@@ -138,34 +146,50 @@ ensure_base_cpio() {
     echo "$out"
 }
 
-# Build the project's binaries (release) and its integration tests; print the
-# paths of the test executables whose target name starts with dm_ (the tests
-# that need the kernel), one per line, to the file named by $1.
+# has_part PARTS WORD: true if the space-separated PARTS contains WORD.
+has_part() { [[ " $1 " == *" $2 "* ]]; }
+
+# build_project LIST [PARTS]: build the static release dmctl and, as PARTS
+# asks (words "examples" and "tests"; default both), the examples and the
+# dm_* integration tests (the tests that need the kernel). Writes the paths of
+# the dm_* test executables to the file LIST, one per line (empty without
+# "tests"). Cargo's progress goes to stderr.
 build_project() {
-    local list=$1
-    log "cargo build --release, static (binaries, examples and dm_* integration tests)"
-    cargo_static build --bins --examples --quiet || die "cargo build failed"
-    cargo_static test --no-run --quiet || die "cargo test --no-run failed"
-    cargo_static test --no-run --message-format=json --quiet 2>/dev/null |
-        jq -r 'select(.reason == "compiler-artifact" and .executable != null
-                      and (.target.kind | any(. == "test")) and (.target.name | startswith("dm_")))
-               | .executable' >"$list" || die "cargo test --no-run failed"
+    local list=$1 parts=${2-examples tests} what=(--bins) desc=dmctl
+    if has_part "$parts" examples; then what+=(--examples) desc+=", examples"; fi
+    has_part "$parts" tests && desc+=", dm_* integration tests"
+    log "building $desc (cargo --release, static; a first build takes ~10 minutes on 2 CPUs)"
+    cargo_static build "${what[@]}" || die "cargo build failed"
+    : >"$list"
+    has_part "$parts" tests || return 0
+    # One build: the executables from cargo's JSON on stdout, its progress and
+    # diagnostics on stderr.
+    cargo_static test --no-run --test 'dm_*' --message-format=json-render-diagnostics >"$list.json" ||
+        die "cargo test --no-run failed"
+    jq -r 'select(.reason == "compiler-artifact" and .executable != null
+                  and (.target.kind | any(. == "test")) and (.target.name | startswith("dm_")))
+           | .executable' <"$list.json" >"$list" || die "cannot read cargo's JSON output"
+    rm -f "$list.json"
     [ -s "$list" ] || die "no dm_* test binaries found"
 }
 
-# Stage the project's files and JOB (a shell script run as /job.sh); print the
-# path of the project cpio.
+# build_project_cpio JOB TESTS [PARTS]: stage the project's files (dmctl, the
+# test executables listed in the file TESTS, the examples if PARTS has
+# "examples") and JOB (a shell script run as /job.sh); print the path of the
+# project cpio.
 build_project_cpio() {
-    local job=$1 tests=$2 stage out f
+    local job=$1 tests=$2 parts=${3-examples tests} stage out f
     stage=$(mktemp -d)
     for f in "$BIN_DIR"/dmctl $(cat "$tests"); do
         stage_binary "$stage" "$f"
     done
-    for f in "$BIN_DIR"/examples/*; do
-        # Skip cargo's hashed copies (NAME-HASH); match the file name only,
-        # the target triple in the path has dashes too.
-        [ -f "$f" ] && [ -x "$f" ] && case "${f##*/}" in *-*) ;; *) stage_binary "$stage" "$f" ;; esac
-    done
+    if has_part "$parts" examples; then
+        for f in "$BIN_DIR"/examples/*; do
+            # Skip cargo's hashed copies (NAME-HASH); match the file name only,
+            # the target triple in the path has dashes too.
+            [ -f "$f" ] && [ -x "$f" ] && case "${f##*/}" in *-*) ;; *) stage_binary "$stage" "$f" ;; esac
+        done
+    fi
     mkdir -p "$stage/usr/bin"
     ln -s "$BIN_DIR/dmctl" "$stage/usr/bin/dmctl"
     mkdir -p "$stage$REPO_DIR/vm-tests"
@@ -186,16 +210,28 @@ boot_guest() {
     kernel=$(ls "$KERNEL_DIR"/root/boot/vmlinuz-*)
     # no_timer_check: on a loaded host the kernel's early timer check under
     # TCG fails now and then ("IO-APIC + timer doesn't work!", a panic).
+    # shellcheck disable=SC2054 # the commas are QEMU's
     local args=(-accel tcg -cpu max -m "$DMCTL_VM_MEM" -smp "$DMCTL_VM_CPUS"
         -kernel "$kernel" -initrd "$initrd"
         -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check dmctl.bin=$BIN_DIR $append"
-        -nographic -no-reboot -monitor none -serial stdio -nic none)
+        -nographic -no-reboot -monitor none -serial stdio -nic none
+        -fw_cfg name=etc/sercon-port,string=0)
     if [ -n "$disk" ]; then
         args+=(-drive "file=$disk,if=virtio,format=raw,cache=writeback")
     fi
     : >"$logf"
-    qemu-system-x86_64 "${args[@]}" </dev/null 2>&1 | stdbuf -o0 tr -d '\r' | tee -a "$logf" &
-    # $! is tee's pid; find QEMU's by its initrd argument.
+    # sercon-port=0 keeps SeaBIOS off the serial console: it wrote "ESC c
+    # ESC[?7l ESC[2J" (reset, line wrap off, clear) to the user's terminal.
+    # QEMU warns that the name lacks "opt/" (SeaBIOS reads exactly this
+    # name): drop that line. Any other escape sequence is filtered out before
+    # the terminal and the log see it, as are the serial console's CRs.
+    # In a subshell with stderr to /dev/null: bash reports QEMU's SIGKILL (a
+    # power cut) as "Killed" there, not on the terminal.
+    (qemu-system-x86_64 "${args[@]}" </dev/null 2>&1 |
+        LC_ALL=C sed -u -e '/externally provided fw_cfg item names/d' -e 's/\r//g' \
+            -e 's|\x1b\[[0-?]*[ -/]*[@-~]||g' -e 's|\x1b[()].||g' -e 's|\x1b.\?||g' |
+        tee -a "$logf") 2>/dev/null &
+    # $! is the subshell's pid; find QEMU's by its initrd argument.
     sleep 0.2
     qpid=$(pgrep -n -f -- "-initrd $initrd" || true)
     while [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; do
@@ -229,6 +265,31 @@ boot_guest() {
         return 125
     fi
     return "$rc"
+}
+
+# run_host_tests LOG [ARGS]: the host tier, `cargo test ARGS` (the ordinary
+# debug build), its output on stdout and in LOG. libtest counts a dm test that
+# skipped on a host without device-mapper as passed; these do not: sets
+# host_pass (passed and not skipped), host_fail, host_skip (tests that printed
+# "skipped: needs device-mapper: NAME") and host_rc (non-zero if cargo test
+# failed or printed no totals).
+# shellcheck disable=SC2034 # the host_* variables are for the callers
+run_host_tests() {
+    local logf=$1
+    shift
+    host_rc=0
+    (cd "$REPO_DIR" && cargo test --color never "$@" 2>&1) | tee "$logf" || host_rc=1
+    read -r host_pass host_fail < <(sum_results "$logf")
+    # Anywhere in a line: the message is written past libtest's capture and
+    # may land after a "test NAME ... " that is still waiting for its result.
+    host_skip=$(grep -o 'skipped: needs device-mapper' "$logf" | wc -l)
+    host_pass=$((host_pass - host_skip))
+    grep -q '^test result:' "$logf" || host_rc=1
+}
+
+# The host tier's summary line (test-all, host-tests).
+host_summary() {
+    echo "host:  $host_pass passed, $host_fail failed, $host_skip skipped (need device-mapper: they run in the guest)"
 }
 
 # Sum libtest's "test result:" lines of a log: prints "passed failed".
@@ -324,15 +385,18 @@ power_cuts_summary() {
     echo "power cuts survived: $mix_survived of $mix_cuts${mix_failed_seeds:+ (failed seeds:$mix_failed_seeds)}"
 }
 
-# prepare JOB: everything up to a bootable initrd in $INITRD.
+# prepare_guest JOB [PARTS]: everything up to a bootable initrd in $INITRD.
+# PARTS says what the job needs besides dmctl: "examples" (the benchmark
+# drivers), "tests" (the dm_* test binaries); default both. The demo needs
+# neither: prepare_guest JOB "".
 prepare_guest() {
-    local job=$1 tests
+    local job=$1 parts=${2-examples tests} tests
     KERNEL_DIR=$(ensure_kernel)
     BASE_CPIO=$(ensure_base_cpio "$KERNEL_DIR")
     tests=$(mktemp)
-    build_project "$tests"
+    build_project "$tests" "$parts"
     TEST_BINARIES=$(cat "$tests")
-    PROJECT_CPIO=$(build_project_cpio "$job" "$tests")
+    PROJECT_CPIO=$(build_project_cpio "$job" "$tests" "$parts")
     INITRD=$(mktemp --suffix=.initrd)
     cat "$BASE_CPIO" "$PROJECT_CPIO" >"$INITRD"
     rm -f "$tests" "$PROJECT_CPIO"
