@@ -6,6 +6,8 @@
 //! anything else.
 
 pub mod check;
+mod claim;
+mod device;
 pub mod image;
 mod metadata;
 pub mod monitor;
@@ -13,6 +15,7 @@ pub mod monitor;
 pub mod pool;
 pub mod remove;
 pub mod repair;
+mod session;
 pub mod spare;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! Pool operations: create, activate, deactivate, destroy, extend, status.
 
-use super::{txn, volume, Ctx};
+use super::{txn, Ctx};
 use crate::error::{Error, IoContext, Result};
 use crate::kernel::dm::TableLine;
 use crate::kernel::status::{PoolMode, PoolStatusLine, PoolTable, META_BLOCK_BYTES};
@@ -351,10 +351,10 @@ pub fn activate(ctx: &Ctx, pool: &str) -> Result<Vec<String>> {
         notes.push(format!("pool {pool}: activated"));
     }
     notes.extend(txn::recover(ctx, &mut rec)?);
-    notes.extend(super::spare::recover(ctx, &rec)?);
+    notes.extend(super::claim::recover(ctx, &rec)?);
     for v in ctx.store.list_volumes(pool)? {
         if v.active && ctx.thin_device(&rec, &v)?.is_none() {
-            volume::activate_device(ctx, &rec, &v, v.read_only)?;
+            super::device::activate_device(ctx, &rec, &v, v.read_only)?;
             notes.push(format!("{pool}/{}: re-activated", v.name));
         }
     }

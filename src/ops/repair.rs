@@ -7,7 +7,7 @@
 //!   files that cannot be read and rebuild a record for each from the
 //!   kernel's metadata when its thin id can be told.
 
-use super::{volume, Ctx};
+use super::Ctx;
 use crate::error::{Error, IoContext, Result};
 use crate::kernel::loopdev::{self, Loop};
 use crate::kernel::mount;
@@ -527,7 +527,7 @@ fn rebuild_one(
     // The filesystem's superblock says what it is and how big: a device
     // smaller than its filesystem would not mount.
     let was_active = ctx.thin_device(pool, &rec)?;
-    let info = volume::activate_device(ctx, pool, &rec, true)?;
+    let info = super::device::activate_device(ctx, pool, &rec, true)?;
     let head = read_head(&super::devnode(&info));
     if was_active.is_none() {
         ctx.dm()?.remove(&ctx.thin_dm_name(pool, &rec), false)?;

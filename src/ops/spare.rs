@@ -28,14 +28,14 @@
 //! its new name, unmounted. `image provision` asked again then mounts it,
 //! as after a crash of a cold provision.
 
+use super::session::{self, Session};
 use super::volume::{self, VolumeReport};
 use super::Ctx;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::kernel::dm::DevInfo;
 use crate::kernel::mount;
 use crate::names::{self, VolumeRef, SPARE_PREFIX};
-use crate::store::model::{now, Claim, PoolRecord, VolumeRecord};
+use crate::store::model::{now, Claim, PoolRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -123,7 +123,11 @@ pub fn warm(
         )));
     }
     let origin = VolumeRef::new(pool_name, layer_volume)?;
-    let (_lock, mut pool, pool_dev) = volume::open_active_pool(ctx, pool_name)?;
+    let Session {
+        lock: _lock,
+        mut pool,
+        device: pool_dev,
+    } = session::open(ctx, pool_name)?;
     let layer = ctx.store.volume(pool_name, layer_volume)?;
     let size = size.unwrap_or(layer.size);
     let dir = spares_dir(ctx, pool_name)?;
@@ -150,7 +154,7 @@ pub fn warm(
             report.removed += 1;
             continue;
         }
-        let info = volume::activate_device(ctx, &pool, &rec, false)?;
+        let info = super::device::activate_device(ctx, &pool, &rec, false)?;
         let at = spare_mountpoint(ctx, pool_name, &name)?;
         if !mount::mountpoints_of(info.devno)?.contains(&at) {
             fsutil::create_private_dir(&at)?;
@@ -195,7 +199,9 @@ pub fn claim(
     if spares.is_empty() && !ctx.store.has_claim(pool_name)? {
         return Ok(None);
     }
-    let (_lock, pool) = volume::open_pool(ctx, pool_name)?;
+    let Session {
+        lock: _lock, pool, ..
+    } = session::open(ctx, pool_name)?;
     if ctx.store.load_volume(pool_name, &new.name)?.is_some() {
         return Ok(None);
     }
@@ -224,137 +230,13 @@ pub fn claim(
         };
         ctx.store.save_claim(pool_name, &claim)?;
         crate::crashpoint::hit("claim:journaled");
-        let (vol, info) = hand_out(ctx, &pool, &claim)?;
+        let (vol, info) = super::claim::hand_out(ctx, &pool, &claim)?;
         let info =
             info.ok_or_else(|| Error::Drift(format!("claimed volume '{new}' has no device")))?;
         let mountpoint = vol.mountpoint.clone();
         return volume::report_fresh(ctx, &pool, vol, &info, mountpoint).map(Some);
     }
     Ok(None)
-}
-
-/// Steps 2 to 4 of a claim (see the module's comment), for the command
-/// that journaled it. A mount that cannot be placed undoes the rename.
-fn hand_out(
-    ctx: &Ctx,
-    pool: &PoolRecord,
-    claim: &Claim,
-) -> Result<(VolumeRecord, Option<DevInfo>)> {
-    let info = rename_device(ctx, pool, claim)?;
-    crate::crashpoint::hit("claim:renamed");
-    let spare_at = spare_mountpoint(ctx, &pool.name, &claim.spare.name)?;
-    let mut mountpoint = None;
-    if let Some(info) = &info {
-        match &claim.mount_at {
-            Some(target) => match place_mount(claim, info, &spare_at, target) {
-                Ok(()) => mountpoint = Some(target.clone()),
-                Err(e) => {
-                    undo_rename(ctx, pool, claim)?;
-                    return Err(e);
-                }
-            },
-            None => {
-                if let Err(e) = mount::umount_if_mounted(&spare_at) {
-                    undo_rename(ctx, pool, claim)?;
-                    return Err(e);
-                }
-            }
-        }
-    }
-    crate::crashpoint::hit("claim:mounted");
-    let vol = record(ctx, pool, claim, mountpoint)?;
-    Ok((vol, info))
-}
-
-/// Step 2: the spare's dm device takes the new name (if it is active: a
-/// spare whose pool was re-activated after a crash may not be). Idempotent.
-fn rename_device(ctx: &Ctx, pool: &PoolRecord, claim: &Claim) -> Result<Option<DevInfo>> {
-    let dm = ctx.dm()?;
-    let from = names::thin_dm_name(&pool.name, &claim.spare.name);
-    let to = names::thin_dm_name(&pool.name, &claim.name);
-    match dm.owned(&from)? {
-        Some(_) => dm.rename(&from, &to).map(Some),
-        None => dm.owned(&to),
-    }
-}
-
-/// A claim that cannot be completed gives the name back: the spare stays
-/// a spare, and the command fails with nothing changed. If even that
-/// fails, `claim.json` stays and the next command rolls the claim forward.
-fn undo_rename(ctx: &Ctx, pool: &PoolRecord, claim: &Claim) -> Result<()> {
-    let dm = ctx.dm()?;
-    let from = names::thin_dm_name(&pool.name, &claim.name);
-    let to = names::thin_dm_name(&pool.name, &claim.spare.name);
-    if dm.owned(&from)?.is_some() {
-        dm.rename(&from, &to)?;
-    }
-    ctx.store.clear_claim(&pool.name)
-}
-
-/// Step 3: the waiting mount moves to `target`. A spare that lost its
-/// mount (a reboot, `pool deactivate`), or whose mount cannot move, is
-/// mounted afresh there instead.
-fn place_mount(claim: &Claim, info: &DevInfo, spare_at: &Path, target: &Path) -> Result<()> {
-    if mount::move_mount(spare_at, target).is_ok() {
-        return Ok(());
-    }
-    let fs = claim.spare.fs.ok_or_else(|| {
-        Error::Invalid(format!(
-            "spare '{}' has no filesystem to mount",
-            claim.spare.name
-        ))
-    })?;
-    volume::mount_device(fs, info, target, false, "")?;
-    mount::umount_if_mounted(spare_at).inspect_err(|_| {
-        let _ = mount::umount(target);
-    })
-}
-
-/// Step 4: the volume's record under its new name; the spare's goes, then
-/// the journal. Idempotent.
-fn record(
-    ctx: &Ctx,
-    pool: &PoolRecord,
-    claim: &Claim,
-    mountpoint: Option<PathBuf>,
-) -> Result<VolumeRecord> {
-    let mut vol = claim.spare.clone();
-    vol.name = claim.name.clone();
-    vol.mountpoint = mountpoint;
-    ctx.store.save_volume(&pool.name, &vol)?;
-    crate::crashpoint::hit("claim:recorded");
-    ctx.store.remove_volume(&pool.name, &claim.spare.name)?;
-    ctx.store.clear_claim(&pool.name)?;
-    let _ = std::fs::remove_dir(spare_mountpoint(ctx, &pool.name, &claim.spare.name)?);
-    Ok(vol)
-}
-
-/// Roll forward a claim a crash interrupted (see the module's comment).
-/// The pool is locked by the caller.
-pub fn recover(ctx: &Ctx, pool: &PoolRecord) -> Result<Option<String>> {
-    if !ctx.store.has_claim(&pool.name)? {
-        return Ok(None);
-    }
-    let Some(claim) = ctx.store.load_claim(&pool.name)? else {
-        return Ok(None);
-    };
-    if ctx.pool_device(pool)?.is_some() {
-        if let Some(info) = rename_device(ctx, pool, &claim)? {
-            // The command that made these mounts died before it reported
-            // success: nobody uses them yet.
-            let spare_at = spare_mountpoint(ctx, &pool.name, &claim.spare.name)?;
-            for mp in mount::mountpoints_of(info.devno)? {
-                if mp == spare_at || Some(&mp) == claim.mount_at.as_ref() {
-                    mount::umount(&mp)?;
-                }
-            }
-        }
-    }
-    record(ctx, pool, &claim, None)?;
-    Ok(Some(format!(
-        "pool {}: finished the interrupted claim of spare {} as {} (not mounted)",
-        pool.name, claim.spare.name, claim.name
-    )))
 }
 
 /// Take every spare's mount down, and the private mount of the spares'
@@ -395,7 +277,11 @@ pub fn remove_all(ctx: &Ctx, pool_name: &str, layer_volume: &str) -> Result<usiz
     if spares.is_empty() {
         return Ok(0);
     }
-    let (_lock, mut pool) = volume::open_pool(ctx, pool_name)?;
+    let Session {
+        lock: _lock,
+        mut pool,
+        ..
+    } = session::open(ctx, pool_name)?;
     for (_, name) in &spares {
         remove_spare(ctx, &mut pool, name)?;
     }

@@ -1,7 +1,8 @@
 //! Volume operations: create, snapshot, activate, deactivate, mount, umount,
 //! rm, resize, info, ls.
 
-use super::{devnode, txn, Ctx};
+use super::session::{self, Session};
+use super::{device, devnode, txn, Ctx};
 use crate::error::{Error, Result};
 use crate::kernel::dm::DevInfo;
 use crate::kernel::status::{
@@ -26,30 +27,6 @@ pub struct CreateRequest {
     pub size: u64,
     pub fs: Option<Filesystem>,
     pub mkfs_args: Vec<String>,
-}
-
-/// Lock the pool, load it, and finish any interrupted transaction: the
-/// prologue of every mutating volume command.
-pub(super) fn open_pool(ctx: &Ctx, pool: &str) -> Result<(crate::fsutil::LockFile, PoolRecord)> {
-    open_active_pool(ctx, pool).map(|(lock, rec, _)| (lock, rec))
-}
-
-/// `open_pool`, also returning the pool's dm device (for commands that
-/// create thin devices: they need its device number).
-pub(super) fn open_active_pool(
-    ctx: &Ctx,
-    pool: &str,
-) -> Result<(crate::fsutil::LockFile, PoolRecord, DevInfo)> {
-    let lock = ctx.store.lock_pool(pool)?;
-    let mut rec = ctx.ready_pool(pool)?;
-    let pool_dev = ctx.active_pool_device(&rec)?;
-    if let Some(note) = txn::recover(ctx, &mut rec)? {
-        crate::trace::note(&note);
-    }
-    if let Some(note) = super::spare::recover(ctx, &rec)? {
-        crate::trace::note(&note);
-    }
-    Ok((lock, rec, pool_dev))
 }
 
 /// The status of a pool that is to take a new thin device: a failed pool
@@ -286,7 +263,11 @@ fn new_record(pool: &PoolRecord, name: &str, size: u64) -> VolumeRecord {
 pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
     let size = check_size(req.size)?;
     names::check_not_reserved(&req.volume.name)?;
-    let (_lock, mut pool, pool_dev) = open_active_pool(ctx, &req.volume.pool)?;
+    let Session {
+        lock: _lock,
+        mut pool,
+        device: pool_dev,
+    } = session::open(ctx, &req.volume.pool)?;
     check_new_name(ctx, &pool, &req.volume.name)?;
     check_room(&pool, &room_status(ctx, &pool)?)?;
     check_overcommit(ctx, &pool, size)?;
@@ -296,7 +277,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
     in_create_txn(ctx, &mut pool, vol, |pool, t| {
         let mut v = create_in_pool(ctx, pool, t, None)?;
         ctx.store.save_volume(&pool.name, &v)?;
-        let info = create_device(ctx, pool, pool_dev.devno, &v, false)?;
+        let info = device::create_device(ctx, pool, pool_dev.devno, &v, false)?;
         crate::crashpoint::hit("create:after-activate");
         if let Some(fs) = v.fs {
             mkfs(fs, &devnode(&info), &req.mkfs_args)?;
@@ -347,22 +328,22 @@ pub fn snapshot(
     activate: bool,
 ) -> Result<VolumeRecord> {
     names::check_not_reserved(&new.name)?;
-    let (_lock, mut pool, pool_dev) = open_snapshot_pool(ctx, origin, new)?;
+    let Session {
+        lock: _lock,
+        mut pool,
+        device: pool_dev,
+    } = open_snapshot_pool(ctx, origin, new)?;
     snapshot_locked(ctx, &mut pool, &pool_dev, origin, new, size, activate).map(|(v, _)| v)
 }
 
 /// The snapshot command's prologue: both names in one pool, locked.
-fn open_snapshot_pool(
-    ctx: &Ctx,
-    origin: &VolumeRef,
-    new: &VolumeRef,
-) -> Result<(crate::fsutil::LockFile, PoolRecord, DevInfo)> {
+fn open_snapshot_pool(ctx: &Ctx, origin: &VolumeRef, new: &VolumeRef) -> Result<Session> {
     if origin.pool != new.pool {
         return Err(Error::Invalid(format!(
             "a snapshot lives in its origin's pool: {origin} and {new} differ"
         )));
     }
-    open_active_pool(ctx, &origin.pool)
+    session::open(ctx, &origin.pool)
 }
 
 /// `snapshot` with the pool locked by the caller. Returns the new record
@@ -409,7 +390,7 @@ pub(super) fn snapshot_locked(
         v.active = activate;
         ctx.store.save_volume(&pool.name, &v)?;
         if activate {
-            device = Some(create_device(ctx, pool, pool_dev.devno, &v, false)?);
+            device = Some(device::create_device(ctx, pool, pool_dev.devno, &v, false)?);
         }
         t.op = TxnOp::Create { volume: v.clone() };
         txn::commit_saved(ctx, pool, t)?;
@@ -437,7 +418,11 @@ pub fn snapshot_mounted(
     size: Option<u64>,
     mount_at: Option<&Path>,
 ) -> Result<MountedSnapshot> {
-    let (_lock, mut pool, pool_dev) = open_snapshot_pool(ctx, origin, new)?;
+    let Session {
+        lock: _lock,
+        mut pool,
+        device: pool_dev,
+    } = open_snapshot_pool(ctx, origin, new)?;
     let (mut volume, info) = snapshot_locked(ctx, &mut pool, &pool_dev, origin, new, size, true)?;
     crate::crashpoint::hit("provision:after-snapshot");
     let info = info
@@ -453,47 +438,13 @@ pub fn snapshot_mounted(
     Ok(MountedSnapshot::Ready(report))
 }
 
-/// Create the volume's dm device (no-op if it exists).
-pub fn activate_device(
-    ctx: &Ctx,
-    pool: &PoolRecord,
-    vol: &VolumeRecord,
-    read_only: bool,
-) -> Result<DevInfo> {
-    if let Some(info) = ctx.thin_device(pool, vol)? {
-        return Ok(info);
-    }
-    let pool_dev = ctx.active_pool_device(pool)?;
-    create_device(ctx, pool, pool_dev.devno, vol, read_only)
-}
-
-/// Create the volume's dm device on the pool `pool_devno`, looking nothing
-/// up first. Called directly for a thin id that this transaction has just
-/// created: no device of its name can be ours yet (the name was checked
-/// under the pool lock), and a foreign device that took the name since
-/// makes the create fail, and the transaction is undone.
-fn create_device(
-    ctx: &Ctx,
-    pool: &PoolRecord,
-    pool_devno: (u32, u32),
-    vol: &VolumeRecord,
-    read_only: bool,
-) -> Result<DevInfo> {
-    let info = ctx.dm()?.create(
-        &ctx.thin_dm_name(pool, vol),
-        &names::thin_dm_uuid(&pool.uuid, vol.device_id),
-        &thin_table(pool_devno, vol.device_id, vol.size),
-        read_only,
-    )?;
-    blockdev::wait_for_node(&devnode(&info), info.devno)?;
-    Ok(info)
-}
-
 /// `dmctl activate POOL/NAME [--ro]`.
 pub fn activate(ctx: &Ctx, v: &VolumeRef, read_only: bool) -> Result<DevInfo> {
-    let (_lock, pool) = open_pool(ctx, &v.pool)?;
+    let Session {
+        lock: _lock, pool, ..
+    } = session::open(ctx, &v.pool)?;
     let mut vol = ctx.store.volume(&v.pool, &v.name)?;
-    let info = activate_device(ctx, &pool, &vol, read_only)?;
+    let info = device::activate_device(ctx, &pool, &vol, read_only)?;
     if !vol.active || vol.read_only != read_only {
         vol.active = true;
         vol.read_only = read_only;
@@ -564,7 +515,9 @@ fn first_mountpoint(info: &DevInfo) -> Result<Option<PathBuf>> {
 
 /// `dmctl deactivate POOL/NAME`.
 pub fn deactivate(ctx: &Ctx, v: &VolumeRef) -> Result<()> {
-    let (_lock, pool) = open_pool(ctx, &v.pool)?;
+    let Session {
+        lock: _lock, pool, ..
+    } = session::open(ctx, &v.pool)?;
     let mut vol = ctx.store.volume(&v.pool, &v.name)?;
     if let Some(info) = ctx.thin_device(&pool, &vol)? {
         if let Some(mp) = first_mountpoint(&info)? {
@@ -597,12 +550,16 @@ pub fn mount(
     read_only: bool,
     options: &str,
 ) -> Result<PathBuf> {
-    let (_lock, pool, pool_dev) = open_active_pool(ctx, &v.pool)?;
+    let Session {
+        lock: _lock,
+        pool,
+        device: pool_dev,
+    } = session::open(ctx, &v.pool)?;
     let mut vol = ctx.store.volume(&v.pool, &v.name)?;
     let was_active = ctx.thin_device(&pool, &vol)?;
     let info = match &was_active {
         Some(info) => info.clone(),
-        None => create_device(ctx, &pool, pool_dev.devno, &vol, vol.read_only)?,
+        None => device::create_device(ctx, &pool, pool_dev.devno, &vol, vol.read_only)?,
     };
     let mounted = mount_locked(ctx, &pool, &mut vol, &info, dir, read_only, options, false);
     if mounted.is_err() && was_active.is_none() {
@@ -636,7 +593,7 @@ pub(super) fn mount_locked(
     if !fresh && mount::mountpoints_of(info.devno)?.contains(&dir) {
         return Ok(dir);
     }
-    mount_device(fs, info, &dir, read_only || vol.read_only, options)?;
+    device::mount_device(fs, info, &dir, read_only || vol.read_only, options)?;
     vol.active = true;
     vol.mountpoint = Some(dir.clone());
     ctx.store.save_volume(&pool.name, vol)?;
@@ -655,29 +612,11 @@ pub(super) fn mount_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Mount a volume's device: the kernel call alone, nothing recorded.
-pub(super) fn mount_device(
-    fs: Filesystem,
-    info: &DevInfo,
-    dir: &Path,
-    read_only: bool,
-    options: &str,
-) -> Result<()> {
-    let mut opts = options.to_string();
-    if fs == Filesystem::Xfs {
-        // Snapshots share their origin's XFS UUID.
-        opts = if opts.is_empty() {
-            "nouuid".into()
-        } else {
-            format!("{opts},nouuid")
-        };
-    }
-    mount::mount(&devnode(info), dir, fs.as_str(), read_only, &opts)
-}
-
 /// `dmctl umount POOL/NAME`: unmount it wherever it is mounted.
 pub fn umount(ctx: &Ctx, v: &VolumeRef) -> Result<Vec<PathBuf>> {
-    let (_lock, pool) = open_pool(ctx, &v.pool)?;
+    let Session {
+        lock: _lock, pool, ..
+    } = session::open(ctx, &v.pool)?;
     let mut vol = ctx.store.volume(&v.pool, &v.name)?;
     let mut done = vec![];
     if let Some(info) = ctx.thin_device(&pool, &vol)? {
@@ -713,7 +652,11 @@ pub fn umount(ctx: &Ctx, v: &VolumeRef) -> Result<Vec<PathBuf>> {
 /// `delete` the thin id of an open device, and a deferred removal would
 /// leave the id and its record behind until the holder lets go.
 pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<()> {
-    let (_lock, mut pool) = open_pool(ctx, &v.pool)?;
+    let Session {
+        lock: _lock,
+        mut pool,
+        ..
+    } = session::open(ctx, &v.pool)?;
     remove_locked(ctx, &mut pool, v, force)
 }
 
@@ -799,7 +742,7 @@ pub(super) fn remove_locked(
         let (file, node) = match claimed {
             Some(held) => held,
             None => {
-                let info = activate_device(ctx, pool, &vol, false)?;
+                let info = device::activate_device(ctx, pool, &vol, false)?;
                 let node = devnode(&info);
                 let file = blockdev::claim(&node).map_err(|e| Error::io(&node, e.into()))?;
                 (file, node)
@@ -824,7 +767,7 @@ pub(super) fn remove_locked(
         ctx.store.clear_txn(&pool.name)?;
         let active_now = ctx.thin_device(pool, &vol)?.is_some();
         if was_active.is_some() && !active_now {
-            activate_device(ctx, pool, &vol, vol.read_only)?;
+            device::activate_device(ctx, pool, &vol, vol.read_only)?;
         } else if was_active.is_none() && active_now {
             let _ = ctx.dm()?.remove(&ctx.thin_dm_name(pool, &vol), false);
         }
@@ -839,7 +782,7 @@ pub(super) fn remove_locked(
 /// `dmctl resize POOL/NAME --size SIZE`: grow the device and its filesystem.
 pub fn resize(ctx: &Ctx, v: &VolumeRef, size: u64) -> Result<VolumeRecord> {
     let size = check_size(size)?;
-    let (lock, pool) = open_pool(ctx, &v.pool)?;
+    let Session { lock, pool, .. } = session::open(ctx, &v.pool)?;
     let mut vol = ctx.store.volume(&v.pool, &v.name)?;
     if size < vol.size {
         return Err(Error::Invalid(format!(
@@ -858,7 +801,7 @@ pub fn resize(ctx: &Ctx, v: &VolumeRef, size: u64) -> Result<VolumeRecord> {
         crate::crashpoint::hit("resize:after-record");
     }
     let was_active = ctx.thin_device(&pool, &vol)?.is_some();
-    let info = activate_device(ctx, &pool, &vol, false)?;
+    let info = device::activate_device(ctx, &pool, &vol, false)?;
     let pool_dev = ctx.active_pool_device(&pool)?;
     if was_active {
         ctx.dm()?.reload(
