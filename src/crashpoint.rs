@@ -19,7 +19,8 @@ fn listing() -> bool {
 /// Reach the crash point `name`.
 pub fn hit(name: &str) {
     if listing() {
-        eprintln!("dmctl: crash point {name}");
+        // The CLI's sink writes it to stderr as `dmctl: crash point NAME`.
+        crate::trace::note(&format!("crash point {name}"));
     }
     if target().as_deref() == Some(name) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);

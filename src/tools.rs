@@ -136,3 +136,143 @@ impl Tool {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// One function per program and use, with typed arguments: callers never
+// build an argv (stratisd's `cmd.rs` is the model).
+
+/// The filesystems dmctl makes (mirrors `store::model::Filesystem`, which
+/// this module does not depend on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MkfsKind {
+    Ext4,
+    Xfs,
+}
+
+/// `mkfs.ext4`/`mkfs.xfs` on `dev`, quietly, with the user's extra args.
+/// Docker's choices: no discard pass (a new thin device is all unmapped
+/// already) and no lazy init that would write later.
+pub fn mkfs(kind: MkfsKind, dev: &std::path::Path, extra: &[String]) -> Result<()> {
+    let (tool, base): (Tool, &[&str]) = match kind {
+        MkfsKind::Ext4 => (
+            Tool::MkfsExt4,
+            &[
+                "-q",
+                "-F",
+                "-E",
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+            ],
+        ),
+        MkfsKind::Xfs => (Tool::MkfsXfs, &["-q", "-f", "-K"]),
+    };
+    let mut args: Vec<&OsStr> = base.iter().map(OsStr::new).collect();
+    args.extend(extra.iter().map(OsStr::new));
+    args.push(dev.as_os_str());
+    tool.run(args).map(|_| ())
+}
+
+/// `thin_check -q DEV`.
+pub fn thin_check_quiet(dev: &std::path::Path) -> Result<()> {
+    Tool::ThinCheck
+        .run([OsStr::new("-q"), dev.as_os_str()])
+        .map(|_| ())
+}
+
+/// `thin_check --clear-needs-check-flag META`, whatever its exit status
+/// (the caller reports its findings).
+pub fn thin_check_clearing_flag(meta: &std::path::Path) -> Result<Output> {
+    Tool::ThinCheck.output([OsStr::new("--clear-needs-check-flag"), meta.as_os_str()])
+}
+
+/// What `thin_repair` needs when the superblock is unreadable.
+#[derive(Debug, Clone, Copy)]
+pub struct Superblock {
+    pub transaction_id: u64,
+    pub data_block_sectors: u64,
+    pub data_blocks: u64,
+}
+
+/// `thin_repair -i INPUT -o OUTPUT [superblock fields]`, whatever its exit
+/// status.
+pub fn thin_repair(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    superblock: Option<&Superblock>,
+) -> Result<Output> {
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["-i".into(), input.into(), "-o".into(), output.into()];
+    if let Some(sb) = superblock {
+        for (flag, value) in [
+            ("--transaction-id", sb.transaction_id),
+            ("--data-block-size", sb.data_block_sectors),
+            ("--nr-data-blocks", sb.data_blocks),
+        ] {
+            args.push(flag.into());
+            args.push(value.to_string().into());
+        }
+    }
+    Tool::ThinRepair.output(args)
+}
+
+/// What `thin_dump --metadata-snap` is to print.
+#[derive(Debug, Clone, Copy)]
+pub enum DumpOf {
+    /// Every device, without mappings.
+    Devices,
+    /// One device, with its mappings.
+    Device(u32),
+}
+
+/// `thin_dump --metadata-snap ... META`: the XML, as text.
+pub fn thin_dump_snapshot(meta: &std::path::Path, what: DumpOf) -> Result<String> {
+    let id;
+    let mut args: Vec<&OsStr> = vec![OsStr::new("--metadata-snap")];
+    match what {
+        DumpOf::Devices => args.push(OsStr::new("--skip-mappings")),
+        DumpOf::Device(dev) => {
+            id = dev.to_string();
+            args.extend([OsStr::new("--dev-id"), OsStr::new(id.as_str())]);
+        }
+    }
+    args.push(meta.as_os_str());
+    let out = Tool::ThinDump.run(args)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The program that grows a mounted filesystem, and its argument:
+/// `resize2fs DEV` (ext4 asks the kernel to grow it online) or
+/// `xfs_growfs MOUNTPOINT`.
+fn grower(
+    kind: MkfsKind,
+    dev: &std::path::Path,
+    mountpoint: &std::path::Path,
+) -> (Tool, std::ffi::OsString) {
+    match kind {
+        MkfsKind::Ext4 => (Tool::Resize2fs, dev.as_os_str().to_owned()),
+        MkfsKind::Xfs => (Tool::XfsGrowfs, mountpoint.as_os_str().to_owned()),
+    }
+}
+
+/// Grow the filesystem on `dev`, mounted at `mountpoint`, to its device.
+pub fn grow_mounted(
+    kind: MkfsKind,
+    dev: &std::path::Path,
+    mountpoint: &std::path::Path,
+) -> Result<()> {
+    let (tool, arg) = grower(kind, dev, mountpoint);
+    tool.run([arg]).map(|_| ())
+}
+
+/// The grow of [`grow_mounted`] as a command not yet started (for a caller
+/// that mounts the filesystem in the child's own namespace first), and
+/// the program it runs.
+pub fn grow_command(
+    kind: MkfsKind,
+    dev: &std::path::Path,
+    mountpoint: &std::path::Path,
+) -> Result<(Tool, Command)> {
+    let (tool, arg) = grower(kind, dev, mountpoint);
+    let mut command = tool.command()?;
+    command.arg(arg);
+    Ok((tool, command))
+}

@@ -868,7 +868,7 @@ mod dm_cli_commands {
         // Activation shows in the tree; the plain listing has every volume.
         d.ok(&["activate", "tr/c"]);
         let tree = d.ok(&["ls", "tr", "--tree"]);
-        assert!(tree.contains("   └─ c (id 2, active)\n"), "{tree}");
+        assert!(tree.contains("\n│  └─ c (id 2, 64M, active)\n"), "{tree}");
         let plain = d.ok(&["ls", "tr"]);
         assert_eq!(plain.lines().count(), 6, "{plain}");
         assert!(plain.lines().any(|l| l.starts_with("tr/d ")), "{plain}");

@@ -8,8 +8,7 @@ use crate::kernel::loopdev;
 use crate::names;
 use crate::store::model::{Backing, PoolRecord};
 use crate::thinmeta::{parse_thin_dump, ThinDump};
-use crate::tools::Tool;
-use std::ffi::OsStr;
+use crate::tools::{self, DumpOf};
 use std::path::PathBuf;
 
 /// The device holding the pool's metadata.
@@ -27,26 +26,20 @@ pub(crate) fn meta_device(pool: &PoolRecord) -> Result<PathBuf> {
     }
 }
 
-/// `thin_dump --metadata-snap ARGS META` of the live pool.
-fn dump_snapshot(ctx: &Ctx, pool: &PoolRecord, args: &[&OsStr]) -> Result<String> {
+/// `thin_dump` of a metadata snapshot of the live pool.
+fn dump_snapshot(ctx: &Ctx, pool: &PoolRecord, what: DumpOf) -> Result<String> {
     let meta = meta_device(pool)?;
     let dm_name = names::pool_dm_name(&pool.name);
-    let out = ctx.thin_pool(&dm_name)?.with_metadata_snap(|| {
-        let mut argv: Vec<&OsStr> = vec![OsStr::new("--metadata-snap")];
-        argv.extend_from_slice(args);
-        argv.push(meta.as_os_str());
-        Tool::ThinDump.run(argv)
-    })?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    ctx.thin_pool(&dm_name)?
+        .with_metadata_snap(|| tools::thin_dump_snapshot(&meta, what))
 }
 
 /// Every thin device of the live pool and its transaction id (no mappings).
 pub fn read_kernel_metadata(ctx: &Ctx, pool: &PoolRecord) -> Result<ThinDump> {
-    parse_thin_dump(&dump_snapshot(ctx, pool, &[OsStr::new("--skip-mappings")])?)
+    parse_thin_dump(&dump_snapshot(ctx, pool, DumpOf::Devices)?)
 }
 
 /// `thin_dump` XML of one thin device, with its mappings.
 pub fn dump_device(ctx: &Ctx, pool: &PoolRecord, id: u32) -> Result<String> {
-    let id = id.to_string();
-    dump_snapshot(ctx, pool, &[OsStr::new("--dev-id"), OsStr::new(&id)])
+    dump_snapshot(ctx, pool, DumpOf::Device(id))
 }

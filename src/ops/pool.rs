@@ -7,7 +7,6 @@ use crate::kernel::status::{PoolMode, PoolStatusLine, PoolTable, META_BLOCK_BYTE
 use crate::kernel::{blockdev, loopdev, mount};
 use crate::names::{self, validate_name};
 use crate::store::model::{now, Backing, PoolRecord, PoolState};
-use crate::tools::Tool;
 use crate::units::{format_size, SECTOR};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -368,10 +367,7 @@ fn check_metadata(pool: &str, meta: &Path, never_used: bool) -> Result<()> {
     if never_used && blockdev::is_zeroed_start(meta, META_HEADER)? {
         return Ok(());
     }
-    let out = Tool::ThinCheck.output([
-        std::ffi::OsStr::new("--clear-needs-check-flag"),
-        meta.as_os_str(),
-    ])?;
+    let out = crate::tools::thin_check_clearing_flag(meta)?;
     if !out.status.success() {
         // Its findings, without the progress lines ("examining ...").
         let text = String::from_utf8_lossy(&out.stderr).into_owned()

@@ -18,7 +18,6 @@ use crate::tools::Tool;
 use crate::units::{format_size, SECTOR};
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -76,12 +75,7 @@ impl Drop for TempLoop {
 }
 
 fn thin_check_dev(dev: &Path) -> Result<()> {
-    let out = Tool::ThinCheck.output([OsStr::new("-q"), dev.as_os_str()])?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Tool::ThinCheck.failed(&out))
-    }
+    crate::tools::thin_check_quiet(dev)
 }
 
 /// `thin_check` of a metadata file, through a read-only loop device.
@@ -101,31 +95,7 @@ pub fn repair_pool(ctx: &Ctx, pool: &str, spare_dev: Option<&Path>) -> Result<Po
             "pool '{pool}' is active; deactivate it first (`dmctl pool deactivate {pool}`)"
         )));
     }
-    let meta = match (&rec.meta, spare_dev) {
-        (Backing::File { path }, None) => path.clone(),
-        (Backing::File { .. }, Some(_)) => {
-            return Err(Error::Invalid(format!(
-                "pool '{pool}' keeps its metadata in a file: --spare-dev does not apply"
-            )))
-        }
-        (Backing::Device { path }, None) => {
-            return Err(Error::Invalid(format!(
-                "pool '{pool}' keeps its metadata on {}: repairing it needs a spare \
-                 device of at least {} (--spare-dev DEV)",
-                path.display(),
-                format_size(rec.meta_size)
-            )))
-        }
-        (Backing::Device { .. }, Some(_)) => {
-            return Err(Error::Invalid(format!(
-                "pool '{pool}': repairing metadata on a block device is not supported yet"
-            )))
-        }
-    };
-    let dir = meta
-        .parent()
-        .ok_or_else(|| Error::Invalid(format!("{}: no directory", meta.display())))?
-        .to_path_buf();
+    let meta = metadata_file(&rec, spare_dev)?;
     let mut notes = vec![];
     // A failed `pool activate` may have left the loop devices attached.
     for b in [&rec.meta, &rec.data] {
@@ -147,83 +117,13 @@ pub fn repair_pool(ctx: &Ctx, pool: &str, spare_dev: Option<&Path>) -> Result<Po
             meta.display()
         ));
     }
-    let len = std::fs::metadata(&meta).at(&meta)?.len();
     let repaired = with_suffix(&meta, REPAIRED_SUFFIX);
-    let _ = std::fs::remove_file(&repaired);
-    let f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(&repaired)
-        .at(&repaired)?;
-    f.set_len(len).at(&repaired)?;
-    drop(f);
-    let rebuilt = (|| -> Result<()> {
-        let input = TempLoop::attach(&meta, true)?;
-        let output = TempLoop::attach(&repaired, false)?;
-        let args = |extra: &[String]| {
-            let mut a: Vec<std::ffi::OsString> = vec![
-                "-i".into(),
-                input.path().into(),
-                "-o".into(),
-                output.path().into(),
-            ];
-            a.extend(extra.iter().map(Into::into));
-            a
-        };
-        let out = Tool::ThinRepair.output(args(&[]))?;
-        if !out.status.success() {
-            // A damaged superblock: thin_repair asks for what it held,
-            // which the pool record knows.
-            let first = Tool::ThinRepair.failed(&out);
-            let extra = [
-                "--transaction-id".to_string(),
-                rec.transaction_id.to_string(),
-                "--data-block-size".to_string(),
-                (rec.block_size / SECTOR).to_string(),
-                "--nr-data-blocks".to_string(),
-                (rec.data_size / rec.block_size).to_string(),
-            ];
-            let out2 = Tool::ThinRepair.output(args(&extra))?;
-            if !out2.status.success() {
-                return Err(Error::PoolState(format!(
-                    "pool '{pool}': thin_repair cannot rebuild {} ({first}; with the \
-                     recorded superblock fields: {}); the metadata is left as it was",
-                    meta.display(),
-                    Tool::ThinRepair.failed(&out2)
-                )));
-            }
-            notes.push(format!(
-                "the superblock was unreadable: rebuilt with the recorded transaction id {}, \
-                 block size {} and {} data blocks",
-                rec.transaction_id,
-                format_size(rec.block_size),
-                rec.data_size / rec.block_size
-            ));
-        }
-        thin_check_dev(output.path()).map_err(|e| {
-            Error::PoolState(format!(
-                "pool '{pool}': the metadata thin_repair wrote fails thin_check ({e}); \
-                 the metadata is left as it was"
-            ))
-        })?;
-        output.detach()?;
-        input.detach()?;
-        std::fs::File::open(&repaired)
-            .and_then(|f| f.sync_all())
-            .at(&repaired)
-    })();
+    let rebuilt = rebuild_metadata(&rec, &meta, &repaired, &mut notes);
     if let Err(e) = rebuilt {
         let _ = std::fs::remove_file(&repaired);
         return Err(e);
     }
-    // Swap: the damaged copy keeps a second name first, then the repaired
-    // file replaces the metadata in one rename. A crash leaves either the
-    // damaged or the repaired metadata in place, never none.
-    let damaged = with_suffix(&meta, &format!("damaged-{}", now()));
-    std::fs::hard_link(&meta, &damaged).at(&damaged)?;
-    crate::fsutil::fsync_dir(&dir)?;
-    std::fs::rename(&repaired, &meta).at(&meta)?;
-    crate::fsutil::fsync_dir(&dir)?;
+    let damaged = swap_in(&meta, &repaired)?;
     thin_check_file(&meta).map_err(|e| {
         Error::PoolState(format!(
             "pool '{pool}': repaired metadata {} fails thin_check after the swap: {e}",
@@ -241,6 +141,103 @@ pub fn repair_pool(ctx: &Ctx, pool: &str, spare_dev: Option<&Path>) -> Result<Po
         damaged_copy: damaged,
         notes,
     })
+}
+
+/// The metadata file `repair` rebuilds: file-backed pools only, for now.
+fn metadata_file(rec: &PoolRecord, spare_dev: Option<&Path>) -> Result<PathBuf> {
+    let pool = &rec.name;
+    match (&rec.meta, spare_dev) {
+        (Backing::File { path }, None) => Ok(path.clone()),
+        (Backing::File { .. }, Some(_)) => Err(Error::Invalid(format!(
+            "pool '{pool}' keeps its metadata in a file: --spare-dev does not apply"
+        ))),
+        (Backing::Device { path }, None) => Err(Error::Invalid(format!(
+            "pool '{pool}' keeps its metadata on {}: repairing it needs a spare \
+             device of at least {} (--spare-dev DEV)",
+            path.display(),
+            format_size(rec.meta_size)
+        ))),
+        (Backing::Device { .. }, Some(_)) => Err(Error::Invalid(format!(
+            "pool '{pool}': repairing metadata on a block device is not supported yet"
+        ))),
+    }
+}
+
+/// `thin_repair` of `meta` into a new file `repaired` of its size, checked
+/// with `thin_check` and synced. A superblock thin_repair cannot read is
+/// rebuilt from the fields the pool record keeps.
+fn rebuild_metadata(
+    rec: &PoolRecord,
+    meta: &Path,
+    repaired: &Path,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let pool = &rec.name;
+    let len = std::fs::metadata(meta).at(meta)?.len();
+    let _ = std::fs::remove_file(repaired);
+    let f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(repaired)
+        .at(repaired)?;
+    f.set_len(len).at(repaired)?;
+    drop(f);
+    let input = TempLoop::attach(meta, true)?;
+    let output = TempLoop::attach(repaired, false)?;
+    let out = crate::tools::thin_repair(input.path(), output.path(), None)?;
+    if !out.status.success() {
+        // A damaged superblock: thin_repair asks for what it held, which
+        // the pool record knows.
+        let first = Tool::ThinRepair.failed(&out);
+        let fields = crate::tools::Superblock {
+            transaction_id: rec.transaction_id,
+            data_block_sectors: rec.block_size / SECTOR,
+            data_blocks: rec.data_size / rec.block_size,
+        };
+        let out2 = crate::tools::thin_repair(input.path(), output.path(), Some(&fields))?;
+        if !out2.status.success() {
+            return Err(Error::PoolState(format!(
+                "pool '{pool}': thin_repair cannot rebuild {} ({first}; with the \
+                 recorded superblock fields: {}); the metadata is left as it was",
+                meta.display(),
+                Tool::ThinRepair.failed(&out2)
+            )));
+        }
+        notes.push(format!(
+            "the superblock was unreadable: rebuilt with the recorded transaction id {}, \
+             block size {} and {} data blocks",
+            rec.transaction_id,
+            format_size(rec.block_size),
+            rec.data_size / rec.block_size
+        ));
+    }
+    thin_check_dev(output.path()).map_err(|e| {
+        Error::PoolState(format!(
+            "pool '{pool}': the metadata thin_repair wrote fails thin_check ({e}); \
+             the metadata is left as it was"
+        ))
+    })?;
+    output.detach()?;
+    input.detach()?;
+    std::fs::File::open(repaired)
+        .and_then(|f| f.sync_all())
+        .at(repaired)
+}
+
+/// Swap: the damaged copy keeps a second name first, then the repaired
+/// file replaces the metadata in one rename. A crash leaves either the
+/// damaged or the repaired metadata in place, never none. Returns the
+/// damaged copy's name.
+fn swap_in(meta: &Path, repaired: &Path) -> Result<PathBuf> {
+    let dir = meta
+        .parent()
+        .ok_or_else(|| Error::Invalid(format!("{}: no directory", meta.display())))?;
+    let damaged = with_suffix(meta, &format!("damaged-{}", now()));
+    std::fs::hard_link(meta, &damaged).at(&damaged)?;
+    crate::fsutil::fsync_dir(dir)?;
+    std::fs::rename(repaired, meta).at(meta)?;
+    crate::fsutil::fsync_dir(dir)?;
+    Ok(damaged)
 }
 
 /// A volume record that could not be read, and what it held.

@@ -12,7 +12,7 @@ use crate::kernel::thin::thin_table;
 use crate::kernel::{blockdev, mount};
 use crate::names::{self, validate_name, VolumeRef};
 use crate::store::model::{now, Filesystem, PoolRecord, Transaction, TxnOp, VolumeRecord};
-use crate::tools::Tool;
+use crate::tools::MkfsKind;
 use crate::units::{format_size, require_sector_multiple, SECTOR};
 use nix::errno::Errno;
 use serde::Serialize;
@@ -292,27 +292,11 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
 }
 
 fn mkfs(fs: Filesystem, dev: &Path, extra: &[String]) -> Result<()> {
-    let dev = dev.to_string_lossy().into_owned();
-    let mut args: Vec<String> = match fs {
-        // Docker's choices: no discard pass at mkfs time (the thin device is
-        // all unmapped already) and no lazy init that would write later.
-        Filesystem::Ext4 => [
-            "-q",
-            "-F",
-            "-E",
-            "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
-        ]
-        .map(String::from)
-        .to_vec(),
-        Filesystem::Xfs => ["-q", "-f", "-K"].map(String::from).to_vec(),
+    let kind = match fs {
+        Filesystem::Ext4 => MkfsKind::Ext4,
+        Filesystem::Xfs => MkfsKind::Xfs,
     };
-    args.extend(extra.iter().cloned());
-    args.push(dev);
-    let tool = match fs {
-        Filesystem::Ext4 => Tool::MkfsExt4,
-        Filesystem::Xfs => Tool::MkfsXfs,
-    };
-    tool.run(&args).map(|_| ())
+    crate::tools::mkfs(kind, dev, extra)
 }
 
 /// `dmctl snapshot POOL/ORIGIN POOL/NAME [--size SIZE] [--activate]`: a
@@ -838,22 +822,16 @@ fn grow_fs(
     node: &Path,
     fs: Filesystem,
 ) -> Result<()> {
-    let tool = match fs {
-        // On a mounted filesystem resize2fs asks the kernel to grow it.
-        Filesystem::Ext4 => Tool::Resize2fs,
-        Filesystem::Xfs => Tool::XfsGrowfs,
-    };
-    let arg = |mp: &Path| match fs {
-        Filesystem::Ext4 => node.as_os_str().to_owned(),
-        Filesystem::Xfs => mp.as_os_str().to_owned(),
+    let kind = match fs {
+        Filesystem::Ext4 => MkfsKind::Ext4,
+        Filesystem::Xfs => MkfsKind::Xfs,
     };
     if let Some(mp) = first_mountpoint(info)? {
-        return tool.run([arg(&mp)]).map(|_| ());
+        return crate::tools::grow_mounted(kind, node, &mp);
     }
     let dir = ctx.store.tmp_dir();
     crate::fsutil::create_private_dir(&dir)?;
-    let mut command = tool.command()?;
-    command.arg(arg(&dir));
+    let (tool, mut command) = crate::tools::grow_command(kind, node, &dir)?;
     // An xfs snapshot has its origin's uuid.
     let opts = if fs == Filesystem::Xfs { "nouuid" } else { "" };
     mount::in_private_mount(
