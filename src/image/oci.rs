@@ -1276,8 +1276,38 @@ fn open_docker(src: &Source<'_>, name: Option<&str>, hint: Option<&str>) -> Resu
     if entries.is_empty() {
         return Err(src.bad("manifest.json lists no images"));
     }
+    let (entry, reference) = select_docker_entry(src, &entries, name, hint)?;
+    let (config_digest, config_bytes) = docker_config(src, entry)?;
+    let diff_ids = check_config(src, &config_digest, &config_bytes, entry.layers.len())?;
+    let layers = docker_layers(src, entry, diff_ids)?;
+    let descs: Vec<(&str, &Digest, u64)> = layers
+        .iter()
+        .map(|l| (l.media_type.as_str(), &l.digest, l.size))
+        .collect();
+    let manifest_digest = Digest::of(manifest_bytes(
+        &config_digest,
+        config_bytes.len() as u64,
+        &descs,
+    ));
+    Ok((
+        reference,
+        manifest_digest,
+        config_digest,
+        config_bytes,
+        layers,
+    ))
+}
+
+/// The entry of `manifest.json` named `name` (or `hint`, when the archive
+/// holds several and no name was given), and the reference it goes by.
+fn select_docker_entry<'e>(
+    src: &Source<'_>,
+    entries: &'e [DockerEntry],
+    name: Option<&str>,
+    hint: Option<&str>,
+) -> Result<(&'e DockerEntry, Option<String>)> {
     let tags = |e: &DockerEntry| e.repo_tags.clone().unwrap_or_default();
-    let (entry, reference) = match name {
+    match name {
         Some(n) => {
             let score = |e: &DockerEntry| {
                 tags(e)
@@ -1306,11 +1336,11 @@ fn open_docker(src: &Source<'_>, name: Option<&str>, hint: Option<&str>) -> Resu
             }
             let e = matching[0];
             let tag = tags(e).into_iter().find(|t| docker_match(t, n) == best);
-            (e, tag.or_else(|| Some(n.to_string())))
+            Ok((e, tag.or_else(|| Some(n.to_string()))))
         }
         None => {
             if let (true, Some(h)) = (entries.len() > 1, hint) {
-                return open_docker(src, Some(h), None);
+                return select_docker_entry(src, entries, Some(h), None);
             }
             if entries.len() > 1 {
                 let names: Vec<String> = entries.iter().map(docker_entry_name).collect();
@@ -1321,11 +1351,14 @@ fn open_docker(src: &Source<'_>, name: Option<&str>, hint: Option<&str>) -> Resu
                 )));
             }
             let e = &entries[0];
-            (e, tags(e).into_iter().next())
+            Ok((e, tags(e).into_iter().next()))
         }
-    };
+    }
+}
 
-    // Config: `<hex>.json` or `blobs/sha256/<hex>`, named by its digest.
+/// The image config of a docker archive entry: `<hex>.json` or
+/// `blobs/sha256/<hex>`, checked against the digest its name carries.
+fn docker_config(src: &Source<'_>, entry: &DockerEntry) -> Result<(Digest, Vec<u8>)> {
     let config_name = entry.config.trim_start_matches("./");
     let config_ok = config_name
         .strip_prefix("blobs/sha256/")
@@ -1349,9 +1382,17 @@ fn open_docker(src: &Source<'_>, name: Option<&str>, hint: Option<&str>) -> Resu
             )));
         }
     }
-    let diff_ids = check_config(src, &config_digest, &config_bytes, entry.layers.len())?;
-    let chains = chain_ids(&diff_ids);
+    Ok((config_digest, config_bytes))
+}
 
+/// The layers of a docker archive entry, with their digests and
+/// compression, paired with the config's diff ids.
+fn docker_layers(
+    src: &Source<'_>,
+    entry: &DockerEntry,
+    diff_ids: Vec<Digest>,
+) -> Result<Vec<Layer>> {
+    let chains = chain_ids(&diff_ids);
     let mut layers = Vec::with_capacity(entry.layers.len());
     for (i, ((rel, diff_id), chain)) in entry.layers.iter().zip(diff_ids).zip(chains).enumerate() {
         let what = format!("layer {}", i + 1);
@@ -1396,22 +1437,7 @@ fn open_docker(src: &Source<'_>, name: Option<&str>, hint: Option<&str>) -> Resu
             path,
         });
     }
-    let descs: Vec<(&str, &Digest, u64)> = layers
-        .iter()
-        .map(|l| (l.media_type.as_str(), &l.digest, l.size))
-        .collect();
-    let manifest_digest = Digest::of(manifest_bytes(
-        &config_digest,
-        config_bytes.len() as u64,
-        &descs,
-    ));
-    Ok((
-        reference,
-        manifest_digest,
-        config_digest,
-        config_bytes,
-        layers,
-    ))
+    Ok(layers)
 }
 
 // ---------------------------------------------------------------------------

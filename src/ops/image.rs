@@ -531,30 +531,9 @@ pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
         .ok_or_else(|| Error::Invalid("the image has no name: give --name NAME".into()))?;
     let size = req.size.unwrap_or(DEFAULT_IMAGE_SIZE);
     let chains: Vec<Digest> = img.layers.iter().map(|l| l.chain_id.clone()).collect();
-    if chains.is_empty() {
+    let Some(top) = chains.last() else {
         return Err(Error::Invalid(format!("image '{reference}' has no layers")));
-    }
-    if let Ok(existing) = load_image(ctx, req.pool, &reference) {
-        if existing.layers == chains
-            && existing.config_digest == img.config_digest
-            && layers_present(ctx, req.pool, &chains)?
-        {
-            return Ok(ImportReport {
-                reference,
-                layers: chains.len(),
-                layers_created: 0,
-                layers_shared: chains.len(),
-                bytes_applied: 0,
-                already_present: true,
-                top_volume: layer_volume_name(&chains[chains.len() - 1]),
-            });
-        }
-    }
-    let progress = Progress {
-        callback: req.progress,
-        layers: chains.len(),
     };
-    let mut created: Vec<LayerRecord> = vec![];
     let mut report = ImportReport {
         reference: reference.clone(),
         layers: chains.len(),
@@ -562,42 +541,21 @@ pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
         layers_shared: 0,
         bytes_applied: 0,
         already_present: false,
-        top_volume: layer_volume_name(&chains[chains.len() - 1]),
+        top_volume: layer_volume_name(top),
     };
-    let result = (|| -> Result<()> {
-        let mut parent: Option<LayerRecord> = None;
-        for (i, l) in img.layers.iter().enumerate() {
-            if let Some(rec) = load_layer(ctx, req.pool, &l.chain_id)? {
-                if ctx.store.load_volume(req.pool, &rec.volume)?.is_some() {
-                    report.layers_shared += 1;
-                    progress.done(i, rec.size, true);
-                    parent = Some(rec);
-                    continue;
-                }
-            }
-            let mut apply = |root: &Path, blob_tmp: &Path| -> Result<(Digest, u64)> {
-                let reader = img.open_layer(i)?;
-                let bytes = apply_pipelined(root, reader, blob_tmp, &progress, i, l.size)?;
-                progress.done(i, bytes, false);
-                Ok((l.diff_id.clone(), bytes))
-            };
-            let rec = make_layer(
-                ctx,
-                req.pool,
-                req.fs,
-                parent.as_ref(),
-                &l.chain_id,
-                size,
-                &mut apply,
-            )?;
-            report.bytes_applied += rec.size;
-            report.layers_created += 1;
-            created.push(rec.clone());
-            parent = Some(rec);
+    if let Ok(existing) = load_image(ctx, req.pool, &reference) {
+        if existing.layers == chains
+            && existing.config_digest == img.config_digest
+            && layers_present(ctx, req.pool, &chains)?
+        {
+            report.layers_shared = chains.len();
+            report.already_present = true;
+            return Ok(report);
         }
-        Ok(())
-    })();
-    if let Err(e) = result {
+    }
+    let mut created: Vec<LayerRecord> = vec![];
+    let made = make_layers(ctx, req, &img, size, &mut report, &mut created);
+    if let Err(e) = made {
         // Nothing of this import stays behind: its layer volumes and blobs.
         for rec in created.iter().rev() {
             let _ = remove_stale_layer(ctx, req.pool, &rec.volume);
@@ -613,15 +571,62 @@ pub fn import(ctx: &Ctx, req: &ImportRequest) -> Result<ImportReport> {
     let config_blob = blob_file(ctx, req.pool, &img.config_digest)?;
     fsutil::write_atomic(&config_blob, &img.config_bytes)?;
     let rec = ImageRecord {
-        reference: reference.clone(),
+        reference,
         config_digest: img.config_digest.clone(),
         layers: chains,
         size,
         fs: req.fs,
         created: now(),
     };
-    fsutil::write_json_atomic(&image_file(ctx, req.pool, &reference)?, &rec)?;
+    fsutil::write_json_atomic(&image_file(ctx, req.pool, &rec.reference)?, &rec)?;
     Ok(report)
+}
+
+/// Make the layers the pool does not have yet, bottom up, each on its
+/// parent; the ones made are pushed to `created` (for the caller's undo).
+fn make_layers(
+    ctx: &Ctx,
+    req: &ImportRequest,
+    img: &oci::Image,
+    size: u64,
+    report: &mut ImportReport,
+    created: &mut Vec<LayerRecord>,
+) -> Result<()> {
+    let progress = Progress {
+        callback: req.progress,
+        layers: img.layers.len(),
+    };
+    let mut parent: Option<LayerRecord> = None;
+    for (i, l) in img.layers.iter().enumerate() {
+        if let Some(rec) = load_layer(ctx, req.pool, &l.chain_id)? {
+            if ctx.store.load_volume(req.pool, &rec.volume)?.is_some() {
+                report.layers_shared += 1;
+                progress.done(i, rec.size, true);
+                parent = Some(rec);
+                continue;
+            }
+        }
+        let mut apply = |root: &Path, blob_tmp: &Path| -> Result<(Digest, u64)> {
+            let reader = img.open_layer(i)?;
+            let bytes = apply_pipelined(root, reader, blob_tmp, &progress, i, l.size)?;
+            progress.done(i, bytes, false);
+            Ok((l.diff_id.clone(), bytes))
+        };
+        let rec = make_layer(
+            ctx,
+            req.pool,
+            req.fs,
+            parent.as_ref(),
+            &l.chain_id,
+            size,
+            &mut apply,
+        )?;
+        report.bytes_applied += rec.size;
+        report.layers_created += 1;
+        created.push(rec.clone());
+        parent = Some(rec);
+    }
+    Ok(())
 }
 
 /// Whether every layer has its record and its volume.

@@ -653,63 +653,12 @@ pub(super) fn remove_locked(
 ) -> Result<()> {
     let vol = ctx.store.volume(&v.pool, &v.name)?;
     let was_active = ctx.thin_device(pool, &vol)?;
-    let open_msg = "is open (the kernel cannot delete an open thin device; \
-                    close it and run rm again)";
     // Everything that can refuse comes before the transaction opens.
     if let Some(info) = &was_active {
-        let mountpoints = mount::mountpoints_of(info.devno)?;
-        if force && !mountpoints.is_empty() {
-            // An open device node keeps the device whatever is unmounted:
-            // refuse before unmounting anything.
-            if !blockdev::users_of(&devnode(info), info.devno, None).is_empty() {
-                return Err(busy(v, info, None, open_msg));
-            }
-        }
-        for mp in mountpoints {
-            if !force {
-                return Err(busy(
-                    v,
-                    info,
-                    Some(&mp),
-                    &format!(
-                        "is mounted at {} (dmctl umount it, or rm --force)",
-                        mp.display()
-                    ),
-                ));
-            }
-            if let Err(Error::Busy(_)) = mount::umount(&mp) {
-                return Err(busy(
-                    v,
-                    info,
-                    Some(&mp),
-                    &format!("is busy at {}", mp.display()),
-                ));
-            }
-        }
+        unmount_for_removal(v, info, force)?;
     }
-    // Claim the active device: O_EXCL fails while anything still has it
-    // mounted or claimed, and once we hold it nothing can mount it; then
-    // the kernel's open count must be ours alone. Nothing has changed yet
-    // if it is not (the discard below would destroy a holder's data).
     let claimed = match &was_active {
-        Some(info) => {
-            let node = devnode(info);
-            let file = match blockdev::claim(&node) {
-                Ok(f) => f,
-                Err(Errno::EBUSY) => return Err(busy(v, info, None, open_msg)),
-                Err(e) => return Err(Error::io(&node, e.into())),
-            };
-            match ctx.thin_device(pool, &vol)? {
-                Some(now) if now.open_count <= 1 => {}
-                Some(now) => return Err(busy(v, &now, None, open_msg)),
-                None => {
-                    return Err(Error::Busy(format!(
-                        "volume '{v}' was deactivated by someone else meanwhile; run rm again"
-                    )))
-                }
-            }
-            Some((file, node))
-        }
+        Some(info) => Some(claim_for_removal(ctx, pool, v, &vol, info)?),
         None => None,
     };
     let t = txn::begin(
@@ -719,33 +668,7 @@ pub(super) fn remove_locked(
             volume: vol.clone(),
         },
     )?;
-    // Discard the blocks (so a loop file shrinks) through the claimed
-    // device, or through a device made for it, then remove the device: the
-    // kernel refuses (EBUSY) if anyone opened it meanwhile.
-    let undone = (|| -> Result<()> {
-        let (file, node) = match claimed {
-            Some(held) => held,
-            None => {
-                let info = device::activate_device(ctx, pool, &vol, false)?;
-                let node = devnode(&info);
-                let file = blockdev::claim(&node).map_err(|e| Error::io(&node, e.into()))?;
-                (file, node)
-            }
-        };
-        blockdev::discard_open(&file, &node, 0, vol.size)?;
-        drop(file);
-        if let Err(e) = ctx.dm()?.remove(&ctx.thin_dm_name(pool, &vol), false) {
-            return Err(match e {
-                Error::Busy(_) => match ctx.thin_device(pool, &vol)? {
-                    Some(info) => busy(v, &info, None, open_msg),
-                    None => e,
-                },
-                e => e,
-            });
-        }
-        Ok(())
-    })();
-    if let Err(e) = undone {
+    if let Err(e) = discard_and_remove_device(ctx, pool, v, &vol, claimed) {
         // Nothing is committed yet: close the transaction and put the
         // device back the way it was.
         ctx.store.clear_txn(&pool.name)?;
@@ -761,6 +684,101 @@ pub(super) fn remove_locked(
     txn::delete_thin_id(ctx, pool, vol.device_id)?;
     crate::crashpoint::hit("rm:after-delete");
     txn::commit(ctx, pool, &t)
+}
+
+const OPEN_MSG: &str = "is open (the kernel cannot delete an open thin device; \
+                        close it and run rm again)";
+
+/// Refuse a mounted volume (without force), or unmount it (with force)
+/// unless a process holds its device node open.
+fn unmount_for_removal(v: &VolumeRef, info: &DevInfo, force: bool) -> Result<()> {
+    let mountpoints = mount::mountpoints_of(info.devno)?;
+    if force && !mountpoints.is_empty() {
+        // An open device node keeps the device whatever is unmounted:
+        // refuse before unmounting anything.
+        if !blockdev::users_of(&devnode(info), info.devno, None).is_empty() {
+            return Err(busy(v, info, None, OPEN_MSG));
+        }
+    }
+    for mp in mountpoints {
+        if !force {
+            return Err(busy(
+                v,
+                info,
+                Some(&mp),
+                &format!(
+                    "is mounted at {} (dmctl umount it, or rm --force)",
+                    mp.display()
+                ),
+            ));
+        }
+        if let Err(Error::Busy(_)) = mount::umount(&mp) {
+            return Err(busy(
+                v,
+                info,
+                Some(&mp),
+                &format!("is busy at {}", mp.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Claim the active device: O_EXCL fails while anything still has it
+/// mounted or claimed, and once we hold it nothing can mount it; then the
+/// kernel's open count must be ours alone. Nothing has changed yet if it is
+/// not (the discard that follows would destroy a holder's data).
+fn claim_for_removal(
+    ctx: &Ctx,
+    pool: &PoolRecord,
+    v: &VolumeRef,
+    vol: &VolumeRecord,
+    info: &DevInfo,
+) -> Result<(std::fs::File, PathBuf)> {
+    let node = devnode(info);
+    let file = match blockdev::claim(&node) {
+        Ok(f) => f,
+        Err(Errno::EBUSY) => return Err(busy(v, info, None, OPEN_MSG)),
+        Err(e) => return Err(Error::io(&node, e.into())),
+    };
+    match ctx.thin_device(pool, vol)? {
+        Some(now) if now.open_count <= 1 => Ok((file, node)),
+        Some(now) => Err(busy(v, &now, None, OPEN_MSG)),
+        None => Err(Error::Busy(format!(
+            "volume '{v}' was deactivated by someone else meanwhile; run rm again"
+        ))),
+    }
+}
+
+/// Discard the blocks (so a loop file shrinks) through the claimed device,
+/// or through a device made for it, then remove the device: the kernel
+/// refuses (EBUSY) if anyone opened it meanwhile.
+fn discard_and_remove_device(
+    ctx: &Ctx,
+    pool: &PoolRecord,
+    v: &VolumeRef,
+    vol: &VolumeRecord,
+    claimed: Option<(std::fs::File, PathBuf)>,
+) -> Result<()> {
+    let (file, node) = match claimed {
+        Some(held) => held,
+        None => {
+            let info = device::activate_device(ctx, pool, vol, false)?;
+            let node = devnode(&info);
+            let file = blockdev::claim(&node).map_err(|e| Error::io(&node, e.into()))?;
+            (file, node)
+        }
+    };
+    blockdev::discard_open(&file, &node, 0, vol.size)?;
+    drop(file);
+    match ctx.dm()?.remove(&ctx.thin_dm_name(pool, vol), false) {
+        Ok(()) => Ok(()),
+        Err(e @ Error::Busy(_)) => Err(match ctx.thin_device(pool, vol)? {
+            Some(info) => busy(v, &info, None, OPEN_MSG),
+            None => e,
+        }),
+        Err(e) => Err(e),
+    }
 }
 
 /// `dmctl resize POOL/NAME --size SIZE`: grow the device and its filesystem.
