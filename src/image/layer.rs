@@ -746,66 +746,11 @@ impl Applier<'_> {
             }
         }
 
-        let kind = match etype {
-            EntryType::Regular if raw.ends_with(b"/") && entry.size() == 0 => Kind::Dir,
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
-            EntryType::Directory => Kind::Dir,
-            EntryType::Symlink | EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .filter(|t| !t.is_empty())
-                    .ok_or_else(|| invalid(name, "link without a target"))?;
-                if target.contains(&0) {
-                    return Err(invalid(name, "link target contains a NUL byte"));
-                }
-                if etype == EntryType::Symlink {
-                    Kind::Symlink(target)
-                } else {
-                    Kind::Hardlink(target)
-                }
-            }
-            EntryType::Fifo => Kind::Fifo,
-            EntryType::Char | EntryType::Block => {
-                let h = entry.header();
-                let bad = |e: io::Error| invalid(name, format!("bad device number: {e}"));
-                let major = h.device_major().map_err(bad)?;
-                let minor = h.device_minor().map_err(bad)?;
-                let (Some(major), Some(minor)) = (major, minor) else {
-                    return Err(invalid(name, "device entry without device numbers"));
-                };
-                let dev = libc::makedev(major, minor);
-                if etype == EntryType::Char {
-                    Kind::Char(dev)
-                } else {
-                    Kind::Block(dev)
-                }
-            }
-            other => {
-                return Err(invalid(
-                    name,
-                    format!("unsupported tar entry type {other:?}"),
-                ));
-            }
-        };
+        let kind = entry_kind(entry, &raw, name)?;
         let attrs = self.read_attrs(entry, name)?;
 
         let Some((last, parent)) = comps.split_last() else {
-            // The root itself.
-            if norm.dotdot {
-                return Err(invalid(name, "name escapes the root through '..'"));
-            }
-            if !matches!(kind, Kind::Dir) {
-                return Err(invalid(name, "a non-directory entry for the root"));
-            }
-            let fd = self
-                .open_in_root(b"", OFlag::O_RDONLY | OFlag::O_DIRECTORY)
-                .map_err(|e| self.err(b"", name, "opening root", e))?;
-            self.set_fd_attrs(fd.as_fd(), &attrs, b"", name, true)?;
-            self.dir_times
-                .insert(Vec::new(), (attrs.atime, attrs.mtime));
-            self.stats.entries += 1;
-            return Ok(());
+            return self.apply_root(&kind, &attrs, norm.dotdot, name);
         };
         let rel = join(&comps);
         let cname = cstring(last, name)?;
@@ -814,41 +759,7 @@ impl Applier<'_> {
         self.mark_parents(parent);
 
         match kind {
-            Kind::File => {
-                self.clear(pfd, &cname, &rel, name, false)?;
-                let fd = openat(
-                    pfd,
-                    cname.as_c_str(),
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|e| self.err(&rel, name, "creating file", e))?;
-                let mut file = File::from(fd);
-                let mut buf = vec![0u8; 128 * 1024];
-                let mut n: u64 = 0;
-                loop {
-                    let got = match entry.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(got) => got,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(invalid(name, format!("reading layer data: {e}"))),
-                    };
-                    file.write_all(&buf[..got])
-                        .map_err(|e| self.err(&rel, name, "writing", errno_of(&e)))?;
-                    n += got as u64;
-                }
-                if etype != EntryType::GNUSparse && n != entry.size() {
-                    return Err(invalid(name, "layer tar is truncated"));
-                }
-                self.stats.bytes += n;
-                self.set_fd_attrs(file.as_fd(), &attrs, &rel, name, false)?;
-                futimens(file.as_fd(), &attrs.atime, &attrs.mtime)
-                    .map_err(|e| self.err(&rel, name, "setting times", e))?;
-            }
+            Kind::File => self.write_file(entry, pfd, &cname, &rel, &attrs, name)?,
             Kind::Dir => {
                 if !self.clear(pfd, &cname, &rel, name, true)? {
                     mkdirat(pfd, cname.as_c_str(), Mode::from_bits_truncate(0o700))
@@ -888,6 +799,68 @@ impl Applier<'_> {
         }
         self.mark_at(pfd, &cname);
         self.stats.entries += 1;
+        Ok(())
+    }
+
+    /// An entry for the root itself: only a directory, whose attributes
+    /// the root takes.
+    fn apply_root(&mut self, kind: &Kind, attrs: &Attrs, dotdot: bool, name: &str) -> Result<()> {
+        if dotdot {
+            return Err(invalid(name, "name escapes the root through '..'"));
+        }
+        if !matches!(kind, Kind::Dir) {
+            return Err(invalid(name, "a non-directory entry for the root"));
+        }
+        let fd = self
+            .open_in_root(b"", OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(|e| self.err(b"", name, "opening root", e))?;
+        self.set_fd_attrs(fd.as_fd(), attrs, b"", name, true)?;
+        self.dir_times
+            .insert(Vec::new(), (attrs.atime, attrs.mtime));
+        self.stats.entries += 1;
+        Ok(())
+    }
+
+    /// A regular file: created (never through a link), filled, its
+    /// attributes and times set.
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        pfd: BorrowedFd,
+        cname: &CStr,
+        rel: &[u8],
+        attrs: &Attrs,
+        name: &str,
+    ) -> Result<()> {
+        self.clear(pfd, cname, rel, name, false)?;
+        let fd = openat(
+            pfd,
+            cname,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| self.err(rel, name, "creating file", e))?;
+        let mut file = File::from(fd);
+        let mut buf = vec![0u8; 128 * 1024];
+        let mut n: u64 = 0;
+        loop {
+            let got = match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(invalid(name, format!("reading layer data: {e}"))),
+            };
+            file.write_all(&buf[..got])
+                .map_err(|e| self.err(rel, name, "writing", errno_of(&e)))?;
+            n += got as u64;
+        }
+        if entry.header().entry_type() != EntryType::GNUSparse && n != entry.size() {
+            return Err(invalid(name, "layer tar is truncated"));
+        }
+        self.stats.bytes += n;
+        self.set_fd_attrs(file.as_fd(), attrs, rel, name, false)?;
+        futimens(file.as_fd(), &attrs.atime, &attrs.mtime)
+            .map_err(|e| self.err(rel, name, "setting times", e))?;
         Ok(())
     }
 
@@ -1043,6 +1016,54 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// What a tar entry makes, checked: links with a target, devices with
+/// their numbers; other entry types are refused.
+fn entry_kind<R: Read>(entry: &tar::Entry<R>, raw: &[u8], name: &str) -> Result<Kind> {
+    let etype = entry.header().entry_type();
+    Ok(match etype {
+        EntryType::Regular if raw.ends_with(b"/") && entry.size() == 0 => Kind::Dir,
+        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
+        EntryType::Directory => Kind::Dir,
+        EntryType::Symlink | EntryType::Link => {
+            let target = entry
+                .link_name_bytes()
+                .map(|t| t.into_owned())
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| invalid(name, "link without a target"))?;
+            if target.contains(&0) {
+                return Err(invalid(name, "link target contains a NUL byte"));
+            }
+            if etype == EntryType::Symlink {
+                Kind::Symlink(target)
+            } else {
+                Kind::Hardlink(target)
+            }
+        }
+        EntryType::Fifo => Kind::Fifo,
+        EntryType::Char | EntryType::Block => {
+            let h = entry.header();
+            let bad = |e: io::Error| invalid(name, format!("bad device number: {e}"));
+            let major = h.device_major().map_err(bad)?;
+            let minor = h.device_minor().map_err(bad)?;
+            let (Some(major), Some(minor)) = (major, minor) else {
+                return Err(invalid(name, "device entry without device numbers"));
+            };
+            let dev = libc::makedev(major, minor);
+            if etype == EntryType::Char {
+                Kind::Char(dev)
+            } else {
+                Kind::Block(dev)
+            }
+        }
+        other => {
+            return Err(invalid(
+                name,
+                format!("unsupported tar entry type {other:?}"),
+            ));
+        }
+    })
 }
 
 #[cfg(test)]

@@ -350,20 +350,9 @@ fn read_head(dev: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// For `dmctl check --repair`: move every unreadable volume file aside
-/// (`NAME.json.corrupt-TIME`) and rebuild a record for each one whose thin
-/// id can be told among `orphans` (thin ids no readable record claims):
-/// from its active dm device (id and size from the table), from the id
-/// left in the damaged text, or as the only orphan left for the only
-/// record left. Files set aside earlier whose volume has no record again
-/// are tried too.
-pub fn rebuild_records(
-    ctx: &Ctx,
-    pool: &mut PoolRecord,
-    dump: &ThinDump,
-    orphans: &[u32],
-) -> Result<Rebuilt> {
-    let mut out = Rebuilt::default();
+/// Unreadable volume records, set aside now, and those an earlier run set
+/// aside whose volume still has no record.
+fn candidates(ctx: &Ctx, pool: &PoolRecord, notes: &mut Vec<String>) -> Result<Vec<Candidate>> {
     let devices = ctx.store.devices_dir_path(&pool.name)?;
     let mut cands = vec![];
     for name in ctx.store.volume_names(&pool.name)? {
@@ -375,7 +364,7 @@ pub fn rebuild_records(
         let aside = ctx.store.set_aside_file(&pool.name, &name, now())?;
         std::fs::rename(&file, &aside).at(&file)?;
         crate::fsutil::fsync_dir(&devices)?;
-        out.notes.push(format!(
+        notes.push(format!(
             "moved the unreadable {} aside to {}",
             file.display(),
             aside.display()
@@ -401,6 +390,24 @@ pub fn rebuild_records(
         let raw = String::from_utf8_lossy(&std::fs::read(&file).at(&file)?).into_owned();
         cands.push(Candidate { name, file, raw });
     }
+    Ok(cands)
+}
+
+/// For `dmctl check --repair`: move every unreadable volume file aside
+/// (`NAME.json.corrupt-TIME`) and rebuild a record for each one whose thin
+/// id can be told among `orphans` (thin ids no readable record claims):
+/// from its active dm device (id and size from the table), from the id
+/// left in the damaged text, or as the only orphan left for the only
+/// record left. Files set aside earlier whose volume has no record again
+/// are tried too.
+pub fn rebuild_records(
+    ctx: &Ctx,
+    pool: &mut PoolRecord,
+    dump: &ThinDump,
+    orphans: &[u32],
+) -> Result<Rebuilt> {
+    let mut out = Rebuilt::default();
+    let cands = candidates(ctx, pool, &mut out.notes)?;
     if cands.is_empty() {
         return Ok(out);
     }
