@@ -17,6 +17,10 @@ pub enum Error {
     #[error("{0}")]
     Exists(String),
 
+    /// An unmount of a path that is not a mount point.
+    #[error("{} is not mounted", .0.display())]
+    NotMounted(PathBuf),
+
     /// A device or pool is in use and the operation would disturb it.
     #[error("{0}")]
     Busy(String),

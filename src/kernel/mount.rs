@@ -197,10 +197,7 @@ fn umount_with(target: &Path, flags: MntFlags) -> Result<()> {
     match nix::mount::umount2(target, flags) {
         Ok(()) => Ok(()),
         Err(Errno::EBUSY) => Err(Error::Busy(format!("{} is busy", target.display()))),
-        Err(Errno::EINVAL) => Err(Error::Invalid(format!(
-            "{} is not mounted",
-            target.display()
-        ))),
+        Err(Errno::EINVAL) => Err(Error::NotMounted(target.to_path_buf())),
         Err(e) => Err(Error::io(target, e.into())),
     }
 }
@@ -311,7 +308,7 @@ pub fn make_private_mountpoint(dir: &Path) -> Result<()> {
 
 /// Unmount `target`. A busy mount is `Error::Busy` (callers add the
 /// holders, see `blockdev::users_of`); `target` not being a mount point is
-/// `Error::Invalid`.
+/// `Error::NotMounted`.
 pub fn umount(target: &Path) -> Result<()> {
     umount_with(target, MntFlags::empty())
 }
@@ -319,7 +316,7 @@ pub fn umount(target: &Path) -> Result<()> {
 /// Unmount `target` if it is a mount point; one that is not is fine.
 pub fn umount_if_mounted(target: &Path) -> Result<()> {
     match umount(target) {
-        Ok(()) | Err(Error::Invalid(_)) => Ok(()),
+        Ok(()) | Err(Error::NotMounted(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -554,8 +551,8 @@ garbage
         assert!(!is_mountpoint(&target).unwrap());
         assert!(mountpoints_of(l.devno).unwrap().is_empty());
         match umount(&target) {
-            Err(Error::Invalid(msg)) => assert!(msg.ends_with("is not mounted"), "{msg}"),
-            other => panic!("expected Invalid, got {other:?}"),
+            Err(e @ Error::NotMounted(_)) => assert!(e.to_string().ends_with("is not mounted")),
+            other => panic!("expected NotMounted, got {other:?}"),
         }
 
         // Read-only mount, then lazy unmount.
