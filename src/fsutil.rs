@@ -260,25 +260,6 @@ pub fn lock_exclusive(path: &Path) -> Result<LockFile> {
         .ok_or_else(|| Error::io(path, io::Error::from_raw_os_error(libc::EWOULDBLOCK)))
 }
 
-/// Take a shared lock on `path` (created 0600 if missing), waiting for an
-/// exclusive holder to release it.
-pub fn lock_shared(path: &Path) -> Result<LockFile> {
-    lock(path, libc::LOCK_SH)?
-        .ok_or_else(|| Error::io(path, io::Error::from_raw_os_error(libc::EWOULDBLOCK)))
-}
-
-/// Take an exclusive lock on `path` if nobody holds any lock on it;
-/// `Ok(None)` if somebody does.
-pub fn try_lock_exclusive(path: &Path) -> Result<Option<LockFile>> {
-    lock(path, libc::LOCK_EX | libc::LOCK_NB)
-}
-
-/// Take a shared lock on `path` unless somebody holds an exclusive lock;
-/// `Ok(None)` if somebody does.
-pub fn try_lock_shared(path: &Path) -> Result<Option<LockFile>> {
-    lock(path, libc::LOCK_SH | libc::LOCK_NB)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,10 +470,14 @@ mod tests {
         let held = lock_exclusive(&path).unwrap();
         assert_eq!(held.path(), path);
         assert_eq!(mode(&path), 0o600);
-        assert!(try_lock_exclusive(&path).unwrap().is_none());
-        assert!(try_lock_shared(&path).unwrap().is_none());
+        assert!(lock(&path, libc::LOCK_EX | libc::LOCK_NB)
+            .unwrap()
+            .is_none());
+        assert!(lock(&path, libc::LOCK_SH | libc::LOCK_NB)
+            .unwrap()
+            .is_none());
         drop(held);
-        let again = try_lock_exclusive(&path).unwrap();
+        let again = lock(&path, libc::LOCK_EX | libc::LOCK_NB).unwrap();
         assert!(again.is_some());
     }
 
@@ -500,13 +485,17 @@ mod tests {
     fn shared_locks_coexist() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lock");
-        let a = lock_shared(&path).unwrap();
-        let b = lock_shared(&path).unwrap();
-        let c = try_lock_shared(&path).unwrap();
+        let a = lock(&path, libc::LOCK_SH).unwrap().unwrap();
+        let b = lock(&path, libc::LOCK_SH).unwrap().unwrap();
+        let c = lock(&path, libc::LOCK_SH | libc::LOCK_NB).unwrap();
         assert!(c.is_some());
-        assert!(try_lock_exclusive(&path).unwrap().is_none());
+        assert!(lock(&path, libc::LOCK_EX | libc::LOCK_NB)
+            .unwrap()
+            .is_none());
         drop((a, b, c));
-        assert!(try_lock_exclusive(&path).unwrap().is_some());
+        assert!(lock(&path, libc::LOCK_EX | libc::LOCK_NB)
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -4,17 +4,17 @@
 //! operation, with its transaction) -> `kernel` (dm, loop, mount) and
 //! `store` (JSON metadata under the state root).
 
-pub mod crashpoint;
+pub(crate) mod crashpoint;
 pub mod doctor;
 pub mod error;
-pub mod fsutil;
+pub(crate) mod fsutil;
 pub mod image;
 pub mod kernel;
 pub mod names;
 pub mod ops;
 pub mod store;
 pub mod thinmeta;
-pub mod tools;
+pub(crate) mod tools;
 pub mod trace;
 pub mod units;
 

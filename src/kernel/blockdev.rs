@@ -73,16 +73,6 @@ pub fn size_bytes(dev: &Path) -> Result<u64> {
     Ok(size)
 }
 
-/// Discard (TRIM) `len` bytes at `offset` of a block device. Best effort:
-/// a device that does not support discard is not an error.
-pub fn discard(dev: &Path, offset: u64, len: u64) -> Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    let file = OpenOptions::new().write(true).open(dev).at(dev)?;
-    discard_open(&file, dev, offset, len)
-}
-
 /// `discard` through a device the caller has open (`dev` names it in
 /// errors).
 pub fn discard_open(file: &File, dev: &Path, offset: u64, len: u64) -> Result<()> {
@@ -330,22 +320,6 @@ pub fn users_of(devnode: &Path, devno: (u32, u32), mountpoint: Option<&Path>) ->
     out
 }
 
-/// Names of the block devices stacked on `devno` (e.g. `dm-3`), from
-/// `/sys/dev/block/M:m/holders`. Sorted; empty if there are none or the
-/// device does not exist.
-pub fn sysfs_holders(devno: (u32, u32)) -> Vec<String> {
-    let dir = format!("/sys/dev/block/{}:{}/holders", devno.0, devno.1);
-    let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    names.sort();
-    names
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,9 +452,10 @@ mod tests {
         assert!(is_block_device(&l.path));
         assert_eq!(devno(&l.path).unwrap(), l.devno);
         assert_eq!(size_bytes(&l.path).unwrap(), 64 << 20);
-        discard(&l.path, 0, 1 << 20).unwrap();
-        discard(&l.path, 4 << 20, 0).unwrap();
-        assert!(sysfs_holders(l.devno).is_empty());
+        let held = File::options().write(true).open(&l.path).unwrap();
+        discard_open(&held, &l.path, 0, 1 << 20).unwrap();
+        discard_open(&held, &l.path, 4 << 20, 0).unwrap();
+        drop(held);
 
         // A child holding the device open on fd 0 is found by path.
         let child = Command::new("sleep")
@@ -565,10 +540,5 @@ mod tests {
         );
         assert!(h.iter().all(|h| h.pid != pid), "{h:?}");
         drop(child);
-    }
-
-    #[test]
-    fn sysfs_holders_of_missing_device() {
-        assert!(sysfs_holders((4095, 1048575)).is_empty());
     }
 }

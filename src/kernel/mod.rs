@@ -1,11 +1,11 @@
 //! Everything that talks to the kernel: device-mapper, loop devices, mounts,
 //! block device ioctls.
 
-pub mod blockdev;
+pub(crate) mod blockdev;
 pub mod dm;
 #[cfg(test)]
 pub mod fake;
 pub mod loopdev;
-pub mod mount;
+pub(crate) mod mount;
 pub mod status;
-pub mod thin;
+pub(crate) mod thin;

@@ -321,12 +321,6 @@ pub fn umount_if_mounted(target: &Path) -> Result<()> {
     }
 }
 
-/// Lazily unmount `target` (MNT_DETACH): detach it now, release the file
-/// system when its last user is gone.
-pub fn umount_lazy(target: &Path) -> Result<()> {
-    umount_with(target, MntFlags::MNT_DETACH)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,7 +457,7 @@ garbage
             }
             if let Some(m) = self.mounted.take() {
                 if umount(&m).is_err() {
-                    let _ = umount_lazy(&m);
+                    let _ = umount_with(&m, MntFlags::MNT_DETACH);
                 }
             }
             if let Some(l) = self.looped.take() {
@@ -564,7 +558,7 @@ garbage
             .find(|m| m.mount_point == canon)
             .unwrap();
         assert!(entry.options.split(',').any(|o| o == "ro"), "{entry:?}");
-        umount_lazy(&target).unwrap();
+        umount_with(&target, MntFlags::MNT_DETACH).unwrap();
         cleanup.mounted = None;
         assert!(!is_mountpoint(&target).unwrap());
     }
