@@ -37,7 +37,7 @@ fn check(name: &str, required: bool, res: Result<String, String>) -> Check {
 }
 
 fn dm_control() -> Result<String, String> {
-    let dm = devicemapper::DM::new().map_err(|e| {
+    let (a, b, c) = crate::kernel::dm::interface_version().map_err(|e| {
         if Path::new("/dev/mapper/control").exists() {
             if nix::unistd::geteuid().is_root() {
                 format!("/dev/mapper/control: {e}")
@@ -49,15 +49,12 @@ fn dm_control() -> Result<String, String> {
                 .to_string()
         }
     })?;
-    let (a, b, c) = dm.version().map_err(|e| e.to_string())?;
     Ok(format!("ioctl interface {a}.{b}.{c}"))
 }
 
 fn thin_pool_target() -> Result<String, String> {
-    let dm = devicemapper::DM::new().map_err(|_| "no device-mapper".to_string())?;
-    let targets = dm.list_versions().map_err(|e| e.to_string())?;
-    match targets.iter().find(|t| t.0 == "thin-pool") {
-        Some((_, a, b, c)) => Ok(format!("thin-pool target {a}.{b}.{c}")),
+    match crate::kernel::dm::target_version("thin-pool")? {
+        Some((a, b, c)) => Ok(format!("thin-pool target {a}.{b}.{c}")),
         None => Err("thin-pool target not loaded (modprobe dm-thin-pool)".into()),
     }
 }

@@ -56,6 +56,30 @@ pub fn parse_thin_dump(xml: &str) -> Result<ThinDump> {
     dump.ok_or_else(|| Error::Invalid("thin_dump: no superblock in its output".into()))
 }
 
+/// One past the highest origin block mapped in `thin_dump` XML.
+pub fn highest_mapped_block(xml: &str) -> u64 {
+    let num = |tag: &str, name: &str| -> Option<u64> {
+        let key = format!(" {name}=\"");
+        let start = tag.find(&key)? + key.len();
+        let len = tag[start..].find('"')?;
+        tag[start..start + len].parse().ok()
+    };
+    let mut end = 0;
+    for line in xml.lines() {
+        let tag = line.trim();
+        if tag.starts_with("<range_mapping ") {
+            if let (Some(b), Some(l)) = (num(tag, "origin_begin"), num(tag, "length")) {
+                end = end.max(b + l);
+            }
+        } else if tag.starts_with("<single_mapping ") {
+            if let Some(b) = num(tag, "origin_block") {
+                end = end.max(b + 1);
+            }
+        }
+    }
+    end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,4 +135,16 @@ mod tests {
             assert!(parse_thin_dump(bad).is_err(), "{bad:?}");
         }
     }
+    #[test]
+    fn highest_mapped_block_of_dump() {
+        let xml = r#"<superblock>
+  <device dev_id="1" mapped_blocks="5">
+    <range_mapping origin_begin="0" data_begin="0" length="4" time="0"/>
+    <single_mapping origin_block="9" data_block="7" time="0"/>
+  </device>
+</superblock>"#;
+        assert_eq!(highest_mapped_block(xml), 10);
+        assert_eq!(highest_mapped_block(""), 0);
+    }
+
 }

@@ -318,3 +318,54 @@ impl DeviceMapper for Dm {
         Ok(out)
     }
 }
+
+/// dm's event poll on the control node: any dm device's event (a pool's
+/// low-water mark, a mode change) makes the control node readable until the
+/// next arm.
+pub struct Events {
+    dm: DM,
+}
+
+impl Events {
+    /// `None` without device-mapper (the caller polls on its interval).
+    pub fn open() -> Option<Events> {
+        let dm = DM::new().ok()?;
+        dm.arm_poll().ok()?;
+        Some(Events { dm })
+    }
+
+    pub fn arm(&self) {
+        let _ = self.dm.arm_poll();
+    }
+
+    /// Wait for an event or the timeout; true on an event.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fds = [libc::pollfd {
+            fd: self.dm.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, for the length given.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+        n > 0 && fds[0].revents & libc::POLLIN != 0
+    }
+}
+
+/// Why device-mapper cannot be opened, or the control interface's version
+/// (for `doctor`).
+pub fn interface_version() -> std::result::Result<(u32, u32, u32), String> {
+    let dm = DM::new().map_err(|e| e.to_string())?;
+    dm.version().map_err(|e| e.to_string())
+}
+
+/// The version of a loaded target type (`thin-pool`), if it is loaded.
+pub fn target_version(target: &str) -> std::result::Result<Option<(u32, u32, u32)>, String> {
+    let dm = DM::new().map_err(|_| "no device-mapper".to_string())?;
+    let targets = dm.list_versions().map_err(|e| e.to_string())?;
+    Ok(targets
+        .into_iter()
+        .find(|t| t.0 == target)
+        .map(|(_, a, b, c)| (a, b, c)))
+}

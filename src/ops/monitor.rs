@@ -27,7 +27,6 @@ use crate::kernel::status::{PoolMode, PoolStatusLine, META_BLOCK_BYTES};
 use crate::store::model::{now, Backing, PoolRecord};
 use crate::units::format_size;
 use serde::Serialize;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// The kernel never uses more metadata than this (see `pool extend`).
@@ -281,38 +280,6 @@ pub fn check(
     Ok(r)
 }
 
-/// dm's event poll on the control node: any dm device's event (a pool's
-/// low-water mark, a mode change) makes the control node readable until the
-/// next arm.
-struct Events {
-    dm: devicemapper::DM,
-}
-
-impl Events {
-    fn open() -> Option<Events> {
-        let dm = devicemapper::DM::new().ok()?;
-        dm.arm_poll().ok()?;
-        Some(Events { dm })
-    }
-
-    fn arm(&self) {
-        let _ = self.dm.arm_poll();
-    }
-
-    /// Wait for an event or the timeout; true on an event.
-    fn wait(&self, timeout: Duration) -> bool {
-        let mut fds = [libc::pollfd {
-            fd: self.dm.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd, for the length given.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
-        n > 0 && fds[0].revents & libc::POLLIN != 0
-    }
-}
-
 /// `dmctl pool monitor`: check, extend if needed, wait for a dm event or the
 /// interval, again; with `once`, one check. `report` gets every check that
 /// extended something or failed, and the first one. A failed check (pool
@@ -332,7 +299,7 @@ pub fn run(
         report(&r);
         return Ok(());
     }
-    let events = Events::open();
+    let events = crate::kernel::dm::Events::open();
     let mut first = true;
     let mut last_error: Option<String> = None;
     loop {

@@ -282,33 +282,9 @@ fn salvage_str(raw: &str, key: &str) -> Option<String> {
 /// The end of the highest mapped block of thin id `id`, in pool blocks,
 /// from `thin_dump --dev-id` of a metadata snapshot of the live pool.
 fn mapped_extent(ctx: &Ctx, pool: &PoolRecord, id: u32) -> Result<u64> {
-    Ok(highest_mapped_block(&super::metadata::dump_device(
+    Ok(crate::thinmeta::highest_mapped_block(&super::metadata::dump_device(
         ctx, pool, id,
     )?))
-}
-
-/// One past the highest origin block mapped in `thin_dump` XML.
-pub fn highest_mapped_block(xml: &str) -> u64 {
-    let num = |tag: &str, name: &str| -> Option<u64> {
-        let key = format!(" {name}=\"");
-        let start = tag.find(&key)? + key.len();
-        let len = tag[start..].find('"')?;
-        tag[start..start + len].parse().ok()
-    };
-    let mut end = 0;
-    for line in xml.lines() {
-        let tag = line.trim();
-        if tag.starts_with("<range_mapping ") {
-            if let (Some(b), Some(l)) = (num(tag, "origin_begin"), num(tag, "length")) {
-                end = end.max(b + l);
-            }
-        } else if tag.starts_with("<single_mapping ") {
-            if let Some(b) = num(tag, "origin_block") {
-                end = end.max(b + 1);
-            }
-        }
-    }
-    end
 }
 
 /// The filesystem at the start of a device and its size in bytes, from
@@ -576,18 +552,6 @@ mod tests {
         assert_eq!(salvage_str(raw, "name").as_deref(), Some("a"));
         assert_eq!(salvage_u64("garbage\u{1}\"device_id", "device_id"), None);
         assert_eq!(salvage_u64("{\"size\": 512}", "size"), Some(512));
-    }
-
-    #[test]
-    fn highest_mapped_block_of_dump() {
-        let xml = r#"<superblock>
-  <device dev_id="1" mapped_blocks="5">
-    <range_mapping origin_begin="0" data_begin="0" length="4" time="0"/>
-    <single_mapping origin_block="9" data_block="7" time="0"/>
-  </device>
-</superblock>"#;
-        assert_eq!(highest_mapped_block(xml), 10);
-        assert_eq!(highest_mapped_block(""), 0);
     }
 
     #[test]
