@@ -146,5 +146,4 @@ mod tests {
         assert_eq!(highest_mapped_block(xml), 10);
         assert_eq!(highest_mapped_block(""), 0);
     }
-
 }

@@ -315,26 +315,7 @@ pub enum ImageCommand {
                             Example:\n  dmctl image import ci ./alpine-oci --name alpine:3.20\n  \
                             dmctl image import ci ./images.tar:alpine:3.20"
     )]
-    Import {
-        /// The pool
-        #[arg(value_parser = pool_name)]
-        pool: String,
-        /// The image source, optionally with :REF
-        #[arg(value_name = "SOURCE[:REF]")]
-        source: String,
-        /// Which image of the source [default: its only image]
-        #[arg(long = "ref", value_name = "REF")]
-        selector: Option<String>,
-        /// The name it gets in the pool [default: its name in the source]
-        #[arg(long, value_name = "NAME")]
-        name: Option<String>,
-        /// Size of the layer volumes (thin, so sparse)
-        #[arg(long, value_parser = size, default_value = "10G")]
-        size: u64,
-        /// Filesystem of the layer volumes (ext4 or xfs)
-        #[arg(long, value_parser = image_fs, default_value = "ext4")]
-        fs: Filesystem,
-    },
+    Import(ImportArgs),
     /// List the pool's images
     #[command(after_help = "Example:\n  dmctl image ls ci")]
     Ls {
@@ -451,26 +432,7 @@ pub enum PoolCommand {
                       --interval seconds.",
         after_help = "Example:\n  dmctl pool monitor ci --threshold 80 --grow 20%"
     )]
-    Monitor {
-        /// The pool
-        #[arg(value_parser = pool_name)]
-        pool: String,
-        /// Percent used at which to extend
-        #[arg(long, value_name = "PCT", default_value_t = 80,
-              value_parser = clap::value_parser!(u8).range(1..=99))]
-        threshold: u8,
-        /// How much to add each time: a size (1G) or a percentage of the
-        /// current size (20%)
-        #[arg(long, value_name = "SIZE|PCT%", default_value = "20%")]
-        grow: ops::monitor::Grow,
-        /// Re-check at least every SECS seconds
-        #[arg(long, value_name = "SECS", default_value_t = 10,
-              value_parser = clap::value_parser!(u64).range(1..=86400))]
-        interval: u64,
-        /// Check and extend at most once, then exit (cron, systemd timers)
-        #[arg(long)]
-        once: bool,
-    },
+    Monitor(MonitorArgs),
     /// List pools
     #[command(after_help = "Example:\n  dmctl pool ls")]
     Ls,
@@ -584,4 +546,48 @@ pub struct PoolCreateArgs {
     /// size [default: no limit; over 1x is warned about]
     #[arg(long, value_name = "RATIO", value_parser = overcommit)]
     pub max_overcommit: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The pool
+    #[arg(value_parser = pool_name)]
+    pub pool: String,
+    /// The image source, optionally with :REF
+    #[arg(value_name = "SOURCE[:REF]")]
+    pub source: String,
+    /// Which image of the source [default: its only image]
+    #[arg(long = "ref", value_name = "REF")]
+    pub selector: Option<String>,
+    /// The name it gets in the pool [default: its name in the source]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Size of the layer volumes (thin, so sparse)
+    #[arg(long, value_parser = size, default_value = "10G")]
+    pub size: u64,
+    /// Filesystem of the layer volumes (ext4 or xfs)
+    #[arg(long, value_parser = image_fs, default_value = "ext4")]
+    pub fs: Filesystem,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    /// The pool
+    #[arg(value_parser = pool_name)]
+    pub pool: String,
+    /// Percent used at which to extend
+    #[arg(long, value_name = "PCT", default_value_t = 80,
+          value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub threshold: u8,
+    /// How much to add each time: a size (1G) or a percentage of the
+    /// current size (20%)
+    #[arg(long, value_name = "SIZE|PCT%", default_value = "20%")]
+    pub grow: ops::monitor::Grow,
+    /// Re-check at least every SECS seconds
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub interval: u64,
+    /// Check and extend at most once, then exit (cron, systemd timers)
+    #[arg(long)]
+    pub once: bool,
 }

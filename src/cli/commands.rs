@@ -249,7 +249,7 @@ pub fn manpages(dir: &Path) -> Result<i32> {
 }
 
 pub mod pool {
-    use super::super::args::PoolCreateArgs;
+    use super::super::args::{MonitorArgs, PoolCreateArgs};
     use super::super::print::{self, Printer};
     use anyhow::Result;
     use dmctl::ops::{self, pool, Ctx};
@@ -399,16 +399,9 @@ pub mod pool {
         Ok(0)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn monitor(
-        ctx: &Ctx,
-        p: &Printer,
-        name: &str,
-        threshold: u8,
-        grow: ops::monitor::Grow,
-        interval: u64,
-        once: bool,
-    ) -> Result<i32> {
+    pub fn monitor(ctx: &Ctx, p: &Printer, a: &MonitorArgs) -> Result<i32> {
+        let (name, threshold, grow, interval, once) =
+            (a.pool.as_str(), a.threshold, a.grow, a.interval, a.once);
         let opts = ops::monitor::Options {
             threshold,
             grow,
@@ -442,12 +435,12 @@ pub mod pool {
 }
 
 pub mod image {
+    use super::super::args::ImportArgs;
     use super::super::print::{self, Printer};
     use anyhow::Result;
     use dmctl::names::VolumeRef;
     use dmctl::ops::image::{self, ImportEvent};
     use dmctl::ops::Ctx;
-    use dmctl::store::model::Filesystem;
     use std::io::Write;
     use std::path::Path;
 
@@ -529,17 +522,13 @@ pub mod image {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn import(
-        ctx: &Ctx,
-        p: &Printer,
-        pool: &str,
-        source: &str,
-        selector: Option<&str>,
-        name: Option<&str>,
-        size: u64,
-        fs: Filesystem,
-    ) -> Result<i32> {
+    pub fn import(ctx: &Ctx, p: &Printer, a: &ImportArgs) -> Result<i32> {
+        let (pool, source, selector, name) = (
+            a.pool.as_str(),
+            a.source.as_str(),
+            a.selector.as_deref(),
+            a.name.as_deref(),
+        );
         let (path, in_source) = image::split_source(source);
         if in_source.is_some() && selector.is_some() {
             anyhow::bail!("give the image either as SOURCE:REF or with --ref, not both");
@@ -551,8 +540,8 @@ pub mod image {
             source: &path,
             selector: selector.or(in_source.as_deref()),
             name,
-            size: Some(size),
-            fs,
+            size: Some(a.size),
+            fs: a.fs,
             progress: Some(&callback),
         };
         let r = image::import(ctx, &req);

@@ -187,23 +187,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
 fn run_image(ctx: &Ctx, p: &Printer, cmd: &ImageCommand) -> anyhow::Result<i32> {
     use commands::image as c;
     match cmd {
-        ImageCommand::Import {
-            pool,
-            source,
-            selector,
-            name,
-            size,
-            fs,
-        } => c::import(
-            ctx,
-            p,
-            pool,
-            source,
-            selector.as_deref(),
-            name.as_deref(),
-            *size,
-            *fs,
-        ),
+        ImageCommand::Import(a) => c::import(ctx, p, a),
         ImageCommand::Ls { pool } => c::ls(ctx, p, pool),
         ImageCommand::Inspect { pool, reference } => c::inspect(ctx, p, pool, reference),
         ImageCommand::Rm { pool, reference } => c::rm(ctx, p, pool, reference),
@@ -250,13 +234,7 @@ fn run_pool(ctx: &Ctx, p: &Printer, cmd: &PoolCommand) -> anyhow::Result<i32> {
             low_water_mark,
             max_overcommit,
         } => c::set(ctx, p, pool, *min_free, *low_water_mark, *max_overcommit),
-        PoolCommand::Monitor {
-            pool,
-            threshold,
-            grow,
-            interval,
-            once,
-        } => c::monitor(ctx, p, pool, *threshold, *grow, *interval, *once),
+        PoolCommand::Monitor(a) => c::monitor(ctx, p, a),
     }
 }
 

@@ -282,9 +282,9 @@ fn salvage_str(raw: &str, key: &str) -> Option<String> {
 /// The end of the highest mapped block of thin id `id`, in pool blocks,
 /// from `thin_dump --dev-id` of a metadata snapshot of the live pool.
 fn mapped_extent(ctx: &Ctx, pool: &PoolRecord, id: u32) -> Result<u64> {
-    Ok(crate::thinmeta::highest_mapped_block(&super::metadata::dump_device(
-        ctx, pool, id,
-    )?))
+    Ok(crate::thinmeta::highest_mapped_block(
+        &super::metadata::dump_device(ctx, pool, id)?,
+    ))
 }
 
 /// The filesystem at the start of a device and its size in bytes, from

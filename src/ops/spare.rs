@@ -29,7 +29,7 @@
 //! as after a crash of a cold provision.
 
 use super::session::{self, Session};
-use super::volume::{self, VolumeReport};
+use super::volume::{self, MountAt, VolumeReport};
 use super::Ctx;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -158,7 +158,7 @@ pub fn warm(
         let at = spare_mountpoint(ctx, pool_name, &name)?;
         if !mount::mountpoints_of(info.devno)?.contains(&at) {
             fsutil::create_private_dir(&at)?;
-            volume::mount_locked(ctx, &pool, &mut rec, &info, &at, false, "", true)?;
+            volume::mount_locked(ctx, &pool, &mut rec, &info, &MountAt::fresh(&at))?;
             report.remounted += 1;
         }
         report.spares.push(name);
@@ -175,7 +175,7 @@ pub fn warm(
         })?;
         let at = spare_mountpoint(ctx, pool_name, &name)?;
         fsutil::create_private_dir(&at)?;
-        volume::mount_locked(ctx, &pool, &mut rec, &info, &at, false, "", true)?;
+        volume::mount_locked(ctx, &pool, &mut rec, &info, &MountAt::fresh(&at))?;
         report.made += 1;
         report.spares.push(name);
     }

@@ -413,7 +413,7 @@ pub fn snapshot_mounted(
         .ok_or_else(|| Error::Drift(format!("snapshot '{new}' was activated but has no device")))?;
     let mut mountpoint = None;
     if let Some(dir) = mount_at {
-        match mount_locked(ctx, &pool, &mut volume, &info, dir, false, "", true) {
+        match mount_locked(ctx, &pool, &mut volume, &info, &MountAt::fresh(dir)) {
             Ok(mp) => mountpoint = Some(mp),
             Err(e) => return Ok(MountedSnapshot::MountFailed(e)),
         }
@@ -545,28 +545,58 @@ pub fn mount(
         Some(info) => info.clone(),
         None => device::create_device(ctx, &pool, pool_dev.devno, &vol, vol.read_only)?,
     };
-    let mounted = mount_locked(ctx, &pool, &mut vol, &info, dir, read_only, options, false);
+    let at = MountAt {
+        dir,
+        read_only,
+        options,
+        fresh_device: false,
+    };
+    let mounted = mount_locked(ctx, &pool, &mut vol, &info, &at);
     if mounted.is_err() && was_active.is_none() {
         let _ = ctx.dm()?.remove(&ctx.thin_dm_name(&pool, &vol), false);
     }
     mounted
 }
 
+/// Where and how a volume is mounted.
+pub(super) struct MountAt<'a> {
+    pub dir: &'a Path,
+    pub read_only: bool,
+    /// Mount options, comma-separated ("" for none).
+    pub options: &'a str,
+    /// The device was created by this command: it cannot be mounted yet,
+    /// so the mount table (which grows with every mount on the host) is
+    /// not read.
+    pub fresh_device: bool,
+}
+
+impl<'a> MountAt<'a> {
+    /// Read-write, no options, on a device this command just made.
+    pub fn fresh(dir: &'a Path) -> MountAt<'a> {
+        MountAt {
+            dir,
+            read_only: false,
+            options: "",
+            fresh_device: true,
+        }
+    }
+}
+
 /// Mount an active volume (`info` is its device) and record the mount
-/// point; the pool is locked by the caller. `fresh`: the device was created
-/// by this command, so it cannot be mounted yet and the mount table (which
-/// grows with every mount on the host) is not read.
-#[allow(clippy::too_many_arguments)]
+/// point; the pool is locked by the caller.
 pub(super) fn mount_locked(
     ctx: &Ctx,
     pool: &PoolRecord,
     vol: &mut VolumeRecord,
     info: &DevInfo,
-    dir: &Path,
-    read_only: bool,
-    options: &str,
-    fresh: bool,
+    at: &MountAt,
 ) -> Result<PathBuf> {
+    let MountAt {
+        dir,
+        read_only,
+        options,
+        fresh_device: fresh,
+    } = *at;
     let fs = vol.fs.ok_or_else(|| {
         Error::Invalid(format!(
             "volume '{}/{}' has no filesystem (created with --fs none)",
