@@ -16,7 +16,7 @@
 //! Records live in the pool's image store (`store::ImageDir`: images by
 //! reference, layers by ChainID, blobs by digest; see `store` for the tree).
 
-use super::{spare, volume, Ctx};
+use super::{session, spare, volume, Ctx};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, LockFile};
 use crate::image::oci::{self, chain_id, Digest};
@@ -137,8 +137,9 @@ struct TempMount {
 
 impl TempMount {
     fn new(ctx: &Ctx, pool: &str, tag: &str) -> Result<TempMount> {
-        let dir =
-            pool_path(ctx, pool, ImageDir::Work)?.join(format!("{}-{tag}", std::process::id()));
+        let work = pool_path(ctx, pool, ImageDir::Work)?;
+        remove_dead_mount_points(&work);
+        let dir = work.join(format!("{}-{tag}", std::process::id()));
         fsutil::create_private_dir(&dir)?;
         Ok(TempMount {
             dir,
@@ -152,14 +153,38 @@ impl TempMount {
         Ok(())
     }
 
-    fn umount(&mut self, ctx: &Ctx, v: &VolumeRef) -> Result<()> {
+    /// Flush and unmount (the volume's record is the caller's to update).
+    fn umount(&mut self) -> Result<()> {
         if self.mounted {
             nix::unistd::syncfs(std::fs::File::open(&self.dir).at(&self.dir)?)
                 .map_err(|e| Error::io(&self.dir, e.into()))?;
-            volume::umount(ctx, v)?;
+            mount::umount(&self.dir)?;
             self.mounted = false;
         }
         Ok(())
+    }
+}
+
+/// Mount points `PID-TAG` that a killed command left: removed once their
+/// process is gone (an empty directory only: `rmdir` fails on anything
+/// else, a mount point included, which the next `rm --force` of its volume
+/// takes down).
+fn remove_dead_mount_points(work: &Path) {
+    let Ok(rd) = std::fs::read_dir(work) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split_once('-'))
+            .map(|(p, _)| p)
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir(e.path());
+        }
     }
 }
 
@@ -443,6 +468,12 @@ type ApplyFn<'a> = dyn FnMut(&Path, &Path) -> Result<(Digest, u64)> + 'a;
 /// the tar applied into it, the blob kept, then read-only and inactive.
 /// Returns the record; it is written by the caller only after the digests
 /// are verified.
+///
+/// Two pool sessions per layer: one makes the volume and mounts it, one
+/// unmounts and seals it. The pool's lock is not held while the tar is
+/// applied (minutes for a big layer): a CI fleet's provisions on the same
+/// pool go on meanwhile. The volume has no layer record until the import
+/// ends, so nothing else takes it for a layer.
 fn make_layer(
     ctx: &Ctx,
     pool: &str,
@@ -454,42 +485,20 @@ fn make_layer(
 ) -> Result<LayerRecord> {
     let name = layer_volume_name(chain);
     let v = VolumeRef::new(pool, &name)?;
-    remove_stale_layer(ctx, pool, &name)?;
-    match parent {
-        None => {
-            volume::create(
-                ctx,
-                &volume::CreateRequest {
-                    volume: v.clone(),
-                    size,
-                    fs: Some(fs),
-                    mkfs_args: vec![],
-                },
-            )?;
-        }
-        Some(p) => {
-            let pv = VolumeRef::new(pool, &p.volume)?;
-            volume::snapshot(
-                ctx,
-                &pv,
-                &v,
-                Some(size.max(ctx.store.volume(pool, &p.volume)?.size)),
-                false,
-            )?;
-        }
-    }
+    let mut m = TempMount::new(ctx, pool, &name)?;
     let blob_tmp = pool_path(ctx, pool, ImageDir::Blobs)?.join(format!(".{name}.tmp"));
     let made = (|| {
-        crate::crashpoint::hit("layer:after-volume");
-        let mut m = TempMount::new(ctx, pool, &name)?;
-        m.mount(ctx, &v, false)?;
+        make_layer_volume(ctx, &v, fs, parent, size, &mut m)?;
         let (diff_id, bytes) = apply(&m.dir, &blob_tmp)?;
         crate::crashpoint::hit("layer:after-apply");
-        m.umount(ctx, &v)?;
+        {
+            let s = session::open(ctx, pool)?;
+            m.umount()?;
+            volume::seal_locked(ctx, &s.pool, &v)?;
+        }
         let blob = blob_file(ctx, pool, &diff_id)?;
         std::fs::rename(&blob_tmp, &blob).at(&blob)?;
         fsutil::fsync_dir(blob.parent().unwrap_or(Path::new("/")))?;
-        seal_layer(ctx, pool, &name)?;
         Ok(LayerRecord {
             chain_id: chain.clone(),
             diff_id,
@@ -501,20 +510,58 @@ fn make_layer(
     })();
     if made.is_err() {
         let _ = std::fs::remove_file(&blob_tmp);
+        let _ = m.umount();
         let _ = remove_stale_layer(ctx, pool, &name);
     }
     made
 }
 
-/// Leave a layer volume read-only and inactive.
-fn seal_layer(ctx: &Ctx, pool: &str, name: &str) -> Result<()> {
-    let v = VolumeRef::new(pool, name)?;
-    volume::deactivate(ctx, &v)?;
-    let mut rec: VolumeRecord = ctx.store.volume(pool, name)?;
-    rec.read_only = true;
-    rec.active = false;
-    rec.mountpoint = None;
-    ctx.store.save_volume(pool, &rec)
+/// The first session of `make_layer`: a stale volume of the name (an
+/// interrupted import's) removed, the layer's volume made (active) and
+/// mounted at `m`.
+fn make_layer_volume(
+    ctx: &Ctx,
+    v: &VolumeRef,
+    fs: Filesystem,
+    parent: Option<&LayerRecord>,
+    size: u64,
+    m: &mut TempMount,
+) -> Result<()> {
+    let mut s = session::open(ctx, &v.pool)?;
+    volume::remove_if_present(ctx, &mut s.pool, v)?;
+    let (mut rec, info) = match parent {
+        None => {
+            let req = volume::CreateRequest {
+                volume: v.clone(),
+                size,
+                fs: Some(fs),
+                mkfs_args: vec![],
+            };
+            volume::create_locked(ctx, &mut s, &req)?
+        }
+        Some(p) => {
+            let pv = VolumeRef::new(&v.pool, &p.volume)?;
+            let size = size.max(ctx.store.volume(&v.pool, &p.volume)?.size);
+            let (rec, info) =
+                volume::snapshot_locked(ctx, &mut s.pool, &s.device, &pv, v, Some(size), true)?;
+            let info = info.ok_or_else(|| {
+                Error::Drift(format!(
+                    "layer volume '{v}' was activated but has no device"
+                ))
+            })?;
+            (rec, info)
+        }
+    };
+    crate::crashpoint::hit("layer:after-volume");
+    volume::mount_locked(
+        ctx,
+        &s.pool,
+        &mut rec,
+        &info,
+        &volume::MountAt::fresh(&m.dir),
+    )?;
+    m.mounted = true;
+    Ok(())
 }
 
 /// `dmctl image import POOL SOURCE [--name REF] [--size SIZE] [--fs ext4|xfs]`.

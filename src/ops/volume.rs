@@ -261,20 +261,28 @@ fn new_record(pool: &PoolRecord, name: &str, size: u64) -> VolumeRecord {
 /// `dmctl create POOL/NAME --size SIZE [--fs ext4|xfs|none]`: a new thin
 /// volume, active, formatted.
 pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
-    let size = check_size(req.size)?;
+    check_size(req.size)?;
     names::check_not_reserved(&req.volume.name)?;
-    let Session {
-        lock: _lock,
-        mut pool,
-        device: pool_dev,
-    } = session::open(ctx, &req.volume.pool)?;
-    check_new_name(ctx, &pool, &req.volume.name)?;
-    check_room(&pool, &room_status(ctx, &pool)?)?;
-    check_overcommit(ctx, &pool, size)?;
-    let mut vol = new_record(&pool, &req.volume.name, size);
+    let mut s = session::open(ctx, &req.volume.pool)?;
+    create_locked(ctx, &mut s, req).map(|(v, _)| v)
+}
+
+/// `create` in an open session: the committed volume and its device.
+pub(super) fn create_locked(
+    ctx: &Ctx,
+    s: &mut Session,
+    req: &CreateRequest,
+) -> Result<(VolumeRecord, DevInfo)> {
+    let size = check_size(req.size)?;
+    let (pool, pool_dev) = (&mut s.pool, &s.device);
+    check_new_name(ctx, pool, &req.volume.name)?;
+    check_room(pool, &room_status(ctx, pool)?)?;
+    check_overcommit(ctx, pool, size)?;
+    let mut vol = new_record(pool, &req.volume.name, size);
     vol.fs = req.fs;
     vol.active = true;
-    in_create_txn(ctx, &mut pool, vol, |pool, t| {
+    let mut device = None;
+    let v = in_create_txn(ctx, pool, vol, |pool, t| {
         let mut v = create_in_pool(ctx, pool, t, None)?;
         ctx.store.save_volume(&pool.name, &v)?;
         let info = device::create_device(ctx, pool, pool_dev.devno, &v, false)?;
@@ -283,12 +291,15 @@ pub fn create(ctx: &Ctx, req: &CreateRequest) -> Result<VolumeRecord> {
             mkfs(fs, &devnode(&info), &req.mkfs_args)?;
             crate::crashpoint::hit("create:after-mkfs");
         }
+        device = Some(info);
         v.initialized = true;
         ctx.store.save_volume(&pool.name, &v)?;
         t.op = TxnOp::Create { volume: v.clone() };
         txn::commit_saved(ctx, pool, t)?;
         Ok(v)
-    })
+    })?;
+    let info = device.ok_or_else(|| Error::Drift(format!("volume '{}' has no device", v.name)))?;
+    Ok((v, info))
 }
 
 fn mkfs(fs: Filesystem, dev: &Path, extra: &[String]) -> Result<()> {
@@ -714,6 +725,25 @@ pub(super) fn remove_locked(
     txn::delete_thin_id(ctx, pool, vol.device_id)?;
     crate::crashpoint::hit("rm:after-delete");
     txn::commit(ctx, pool, &t)
+}
+
+/// Remove `v` if it has a record (`rm --force`), in an open session.
+pub(super) fn remove_if_present(ctx: &Ctx, pool: &mut PoolRecord, v: &VolumeRef) -> Result<()> {
+    if ctx.store.load_volume(&v.pool, &v.name)?.is_none() {
+        return Ok(());
+    }
+    remove_locked(ctx, pool, v, true)
+}
+
+/// Deactivate an unmounted volume and record it read-only and inactive
+/// (a finished image layer), in an open session.
+pub(super) fn seal_locked(ctx: &Ctx, pool: &PoolRecord, v: &VolumeRef) -> Result<()> {
+    let mut rec = ctx.store.volume(&v.pool, &v.name)?;
+    ctx.dm()?.remove(&ctx.thin_dm_name(pool, &rec), false)?;
+    rec.read_only = true;
+    rec.active = false;
+    rec.mountpoint = None;
+    ctx.store.save_volume(&pool.name, &rec)
 }
 
 const OPEN_MSG: &str = "is open (the kernel cannot delete an open thin device; \
