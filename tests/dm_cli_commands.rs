@@ -74,12 +74,6 @@ mod dm_cli_commands {
         })
     }
 
-    fn write_synced(path: &Path, data: &[u8]) {
-        let mut f = fs::File::create(path).unwrap();
-        f.write_all(data).unwrap();
-        f.sync_all().unwrap();
-    }
-
     fn subdir(base: &tempfile::TempDir, name: &str) -> PathBuf {
         let p = base.path().join(name);
         fs::create_dir_all(&p).unwrap();
@@ -88,12 +82,6 @@ mod dm_cli_commands {
 
     fn s(p: &Path) -> &str {
         p.to_str().unwrap()
-    }
-
-    fn devnode_of(d: &Dmctl, vol: &str) -> String {
-        let info = d.json(&["info", vol]);
-        assert_eq!(info["active"], true, "{vol} should be active: {info}");
-        info["devnode"].as_str().unwrap().to_string()
     }
 
     // ---- 1. pool lifecycle --------------------------------------------
@@ -259,7 +247,7 @@ mod dm_cli_commands {
         d.ok(&["create", "ext/v", "--size", "256M", "--fs", "ext4"]);
         let mv = subdir(&mnt, "v");
         d.ok(&["mount", "ext/v", s(&mv)]);
-        write_synced(&mv.join("before.txt"), b"before\n");
+        common::write_synced(&mv.join("before.txt"), b"before\n").unwrap();
         let st0 = d.json(&["pool", "status", "ext"]);
         assert_eq!(st0["data_size"], GIB);
         let meta0 = st0["meta_size"].as_u64().unwrap();
@@ -276,7 +264,7 @@ mod dm_cli_commands {
         let info = d.json(&["info", "ext/v"]);
         assert_eq!(info["mountpoint"], s(&fs::canonicalize(&mv).unwrap()));
         assert!(mount_options(&mv).unwrap().starts_with("rw"));
-        write_synced(&mv.join("after.txt"), &[7u8; 1 << 20]);
+        common::write_synced(&mv.join("after.txt"), &[7u8; 1 << 20]).unwrap();
         assert_eq!(fs::read(mv.join("after.txt")).unwrap(), vec![7u8; 1 << 20]);
         assert_eq!(
             fs::read_to_string(mv.join("before.txt")).unwrap(),
@@ -297,7 +285,7 @@ mod dm_cli_commands {
             fs::metadata(st["meta"].as_str().unwrap()).unwrap().len(),
             meta0 * 2
         );
-        write_synced(&mv.join("after-meta.txt"), b"still writable\n");
+        common::write_synced(&mv.join("after-meta.txt"), b"still writable\n").unwrap();
 
         // Shrinking and extending nothing are refused, state unchanged.
         let before = d.snapshot_state();
@@ -324,7 +312,7 @@ mod dm_cli_commands {
         let info = d.json(&["info", "cv/raw"]);
         assert_eq!(info["fs"], serde_json::Value::Null);
         assert_eq!(info["mapped_bytes"], 0, "nothing written yet: {info}");
-        let node = devnode_of(&d, "cv/raw");
+        let node = common::devnode(&d, "cv/raw");
         let mut f = fs::OpenOptions::new().write(true).open(&node).unwrap();
         f.write_all(&[0x5a; 4096]).unwrap();
         f.sync_all().unwrap();
@@ -344,7 +332,7 @@ mod dm_cli_commands {
 
         // --fs xfs.
         d.ok(&["create", "cv/x", "--size", "512M", "--fs", "xfs"]);
-        let node_x = devnode_of(&d, "cv/x");
+        let node_x = common::devnode(&d, "cv/x");
         let mut magic = [0u8; 4];
         std::io::Read::read_exact(&mut fs::File::open(&node_x).unwrap(), &mut magic).unwrap();
         assert_eq!(&magic, b"XFSB");
@@ -390,7 +378,7 @@ mod dm_cli_commands {
             d.json(&["info", "cv/x"])["mountpoint"],
             s(&fs::canonicalize(&mx).unwrap())
         );
-        write_synced(&mx.join("hello"), b"xfs\n");
+        common::write_synced(&mx.join("hello"), b"xfs\n").unwrap();
         d.ok(&["umount", "cv/x"]);
         assert_eq!(mount_options(&mx), None);
 
@@ -405,7 +393,7 @@ mod dm_cli_commands {
             "--mkfs-arg=-L",
             "--mkfs-arg=mylabel",
         ]);
-        let node_l = devnode_of(&d, "cv/lab");
+        let node_l = common::devnode(&d, "cv/lab");
         let hdr = common::run("dumpe2fs", &["-h", &node_l]);
         assert!(
             hdr.lines().any(|l| l.starts_with("Filesystem volume name:")
@@ -494,7 +482,7 @@ mod dm_cli_commands {
         let chain = ["base", "s1", "s2", "s3"];
         let dirs: Vec<PathBuf> = chain.iter().map(|n| subdir(&mnt, n)).collect();
         d.ok(&["mount", "xc/base", s(&dirs[0])]);
-        write_synced(&dirs[0].join("id.txt"), b"base\n");
+        common::write_synced(&dirs[0].join("id.txt"), b"base\n").unwrap();
         for i in 1..chain.len() {
             let (origin, name) = (format!("xc/{}", chain[i - 1]), format!("xc/{}", chain[i]));
             let snap = d.json(&["snapshot", &origin, &name]);
@@ -510,11 +498,12 @@ mod dm_cli_commands {
             assert!(opts.contains("nouuid"), "{opts}");
             let want = format!("{}\n", chain[i - 1]);
             assert_eq!(fs::read_to_string(dirs[i].join("id.txt")).unwrap(), want);
-            write_synced(
+            common::write_synced(
                 &dirs[i].join("id.txt"),
                 format!("{}\n", chain[i]).as_bytes(),
-            );
-            write_synced(&dirs[i].join(format!("only-{}", chain[i])), b"x");
+            )
+            .unwrap();
+            common::write_synced(&dirs[i].join(format!("only-{}", chain[i])), b"x").unwrap();
         }
         for (i, dir) in dirs.iter().enumerate() {
             assert_eq!(
@@ -537,10 +526,10 @@ mod dm_cli_commands {
         assert_eq!(fs::read_to_string(mf.join("id.txt")).unwrap(), "s2\n");
         assert!(!mf.join("only-s3").exists());
         d.ok(&["umount", "xc/frozen"]);
-        common::run("xfs_repair", &["-n", &devnode_of(&d, "xc/frozen")]);
+        common::run("xfs_repair", &["-n", &common::devnode(&d, "xc/frozen")]);
         // An unmounted level of the chain is clean too.
         d.ok(&["umount", "xc/s3"]);
-        common::run("xfs_repair", &["-n", &devnode_of(&d, "xc/s3")]);
+        common::run("xfs_repair", &["-n", &common::devnode(&d, "xc/s3")]);
         let tree = d.ok(&["ls", "xc", "--tree"]);
         let s3 = tree
             .lines()
@@ -577,7 +566,7 @@ mod dm_cli_commands {
                 let mut i = 0usize;
                 while !stop.load(Ordering::SeqCst) && i < 5000 {
                     let name = format!("f{i:05}");
-                    write_synced(&dir.join(&name), &content_of(&name));
+                    common::write_synced(&dir.join(&name), &content_of(&name)).unwrap();
                     i += 1;
                     done.store(i, Ordering::SeqCst);
                 }
@@ -673,19 +662,19 @@ mod dm_cli_commands {
         d.ok(&["create", "rs/e", "--size", "128M", "--fs", "ext4"]);
         let me = subdir(&mnt, "e");
         d.ok(&["mount", "rs/e", s(&me)]);
-        write_synced(&me.join("keep"), b"ext4 data\n");
+        common::write_synced(&me.join("keep"), b"ext4 data\n").unwrap();
         let e0 = fs_bytes(&me);
         let r = d.json(&["resize", "rs/e", "--size", "256M"]);
         assert_eq!(r["size"], 256 * MIB);
         let e1 = fs_bytes(&me);
         assert!(e1 > e0 + 100 * MIB, "ext4 grew online: {e0} -> {e1}");
-        let node = devnode_of(&d, "rs/e");
+        let node = common::devnode(&d, "rs/e");
         let len = {
             let dev = fs::File::open(&node).unwrap();
             std::io::Seek::seek(&mut &dev, std::io::SeekFrom::End(0)).unwrap()
         };
         assert_eq!(len, 256 * MIB, "the device grew");
-        write_synced(&me.join("after"), &[1u8; 1 << 20]);
+        common::write_synced(&me.join("after"), &[1u8; 1 << 20]).unwrap();
 
         // ext4, active but unmounted.
         d.ok(&["umount", "rs/e"]);
@@ -713,7 +702,7 @@ mod dm_cli_commands {
         d.ok(&["create", "rs/x", "--size", "512M", "--fs", "xfs"]);
         let mx = subdir(&mnt, "x");
         d.ok(&["mount", "rs/x", s(&mx)]);
-        write_synced(&mx.join("keep"), b"xfs data\n");
+        common::write_synced(&mx.join("keep"), b"xfs data\n").unwrap();
         let x0 = fs_bytes(&mx);
         d.ok(&["resize", "rs/x", "--size", "768M"]);
         let x1 = fs_bytes(&mx);
@@ -735,9 +724,9 @@ mod dm_cli_commands {
             "leftover mount under the state root: {mounts}"
         );
         d.ok(&["umount", "rs/x"]);
-        common::run("xfs_repair", &["-n", &devnode_of(&d, "rs/x")]);
+        common::run("xfs_repair", &["-n", &common::devnode(&d, "rs/x")]);
         d.ok(&["umount", "rs/e"]);
-        common::run("e2fsck", &["-fn", &devnode_of(&d, "rs/e")]);
+        common::run("e2fsck", &["-fn", &common::devnode(&d, "rs/e")]);
         common::thin_check_live(&d, "rs");
     }
 

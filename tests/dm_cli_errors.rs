@@ -19,16 +19,7 @@ mod dm_cli_errors {
     /// Run a command that must be refused: exit 1, one error line that
     /// contains `expect`, and the world unchanged. Returns the line.
     fn refused(d: &Dmctl, args: &[&str], expect: &str) -> String {
-        let before = common::world(d);
-        let line = d.fails(args);
-        assert!(
-            line.contains(expect),
-            "dmctl {args:?}: error should say '{expect}': {line}"
-        );
-        let after = common::world(d);
-        assert_eq!(before, after, "dmctl {args:?} changed the world ({line})");
-        common::step(&format!("refused {args:?}: {line}"));
-        line
+        common::refused(d, args, &[expect])
     }
 
     /// A usage error (clap): exit 2, its `error:` line first, world unchanged.
@@ -196,13 +187,6 @@ mod dm_cli_errors {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-
-    fn devnode(d: &Dmctl, vol: &str) -> String {
-        d.json(&["info", vol])["devnode"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{vol} has no devnode"))
-            .to_string()
     }
 
     #[test]
@@ -696,7 +680,7 @@ mod dm_cli_errors {
             st["no_space_policy"],
             if error_if_no_space { "error" } else { "queue" }
         );
-        let dev = devnode(&d, &vol);
+        let dev = common::devnode(&d, &vol);
         common::step(&format!("dd 200M into {dev} (pool of 64M)"));
         let mut writer = Writer::dd(&dev, 200);
         let t0 = Instant::now();
@@ -777,7 +761,7 @@ mod dm_cli_errors {
         let d = Dmctl::new();
         pool(&d, "ce-thr", &["--data-size", "64M"]);
         d.ok(&["create", "ce-thr/v", "--size", "1G", "--fs", "none"]);
-        let dev = devnode(&d, "ce-thr/v");
+        let dev = common::devnode(&d, "ce-thr/v");
         let mut w = Writer::dd(&dev, 60);
         let done = w.wait_for(Duration::from_secs(60)).expect("dd hangs");
         assert!(done.success(), "60M into a 64M pool failed");

@@ -67,7 +67,7 @@ mod dm_crash {
             fx.d.ok(&["create", VOL, "--size", "32M", "--fs", "ext4"]);
             let dir = fx.dir(VOL);
             fx.d.ok(&["mount", VOL, s(&dir)]);
-            write_synced(&dir.join("data"), DATA.as_bytes());
+            common::write_synced(&dir.join("data"), DATA.as_bytes()).unwrap();
             fx
         }
 
@@ -125,7 +125,7 @@ mod dm_crash {
             if let Some(want) = want {
                 assert_eq!(fs::read_to_string(dir.join("data")).unwrap(), want, "{vol}");
             }
-            write_synced(&dir.join("probe"), b"after\n");
+            common::write_synced(&dir.join("probe"), b"after\n").unwrap();
             self.d.ok(&["umount", vol]);
         }
 
@@ -148,20 +148,12 @@ mod dm_crash {
         }
 
         fn devnode(&self, vol: &str) -> String {
-            let info = self.d.json(&["info", vol]);
-            assert_eq!(info["active"], true, "{vol} should be active: {info}");
-            info["devnode"].as_str().unwrap().to_string()
+            common::devnode(&self.d, vol)
         }
     }
 
     fn s(p: &Path) -> &str {
         p.to_str().unwrap()
-    }
-
-    fn write_synced(path: &Path, data: &[u8]) {
-        let mut f = fs::File::create(path).unwrap();
-        f.write_all(data).unwrap();
-        f.sync_all().unwrap();
     }
 
     fn e2fsck_clean(dev: &str) {
@@ -200,7 +192,7 @@ mod dm_crash {
         let (tx, rx) = std::sync::mpsc::channel();
         let path = dir.join("after-crash");
         std::thread::spawn(move || {
-            write_synced(&path, b"written after the crash\n");
+            common::write_synced(&path, b"written after the crash\n").unwrap();
             fs::File::open(path.parent().unwrap())
                 .unwrap()
                 .sync_all()
@@ -590,7 +582,7 @@ mod dm_crash {
             "top\n",
             "{point}"
         );
-        write_synced(&dir.join("out"), b"job output\n");
+        common::write_synced(&dir.join("out"), b"job output\n").unwrap();
         fx.d.ok(&["rm", "cr/job", "--force"]);
         fx.probe();
         common::check_invariants(&fx.d, POOL);
@@ -626,7 +618,7 @@ mod dm_crash {
         let fx = with_image();
         let dir = fx.dir("cr/job");
         fx.d.ok(&["image", "provision", POOL, "v2", "job", "--mount", s(&dir)]);
-        write_synced(&dir.join("artifact"), b"built\n");
+        common::write_synced(&dir.join("artifact"), b"built\n").unwrap();
         fx.d.ok(&["umount", "cr/job"]);
         fx
     }

@@ -131,13 +131,6 @@ mod dm_full_pool {
         }
     }
 
-    fn devnode(d: &Dmctl, vol: &str) -> String {
-        d.json(&["info", vol])["devnode"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{vol} has no devnode"))
-            .to_string()
-    }
-
     fn refused(d: &Dmctl, args: &[&str], expect: &[&str]) -> String {
         let line = d.fails(args);
         for e in expect {
@@ -256,7 +249,7 @@ mod dm_full_pool {
         ]);
         assert_eq!(status(&d, "fp-thr")["min_free_percent"], 30);
         d.ok(&["create", "fp-thr/v", "--size", "1G", "--fs", "none"]);
-        let dev = devnode(&d, "fp-thr/v");
+        let dev = common::devnode(&d, "fp-thr/v");
         let of = format!("of={dev}");
         let mut w = dd(&["if=/dev/urandom", &of, "bs=1M", "count=40", "oflag=direct"]);
         assert!(w.wait_for(Duration::from_secs(120)).unwrap().success());
@@ -316,7 +309,7 @@ mod dm_full_pool {
         let d = Dmctl::new();
         d.ok(&["pool", "create", "fp-q", "--data-size", "64M"]);
         d.ok(&["create", "fp-q/v", "--size", "1G", "--fs", "none"]);
-        let dev = devnode(&d, "fp-q/v");
+        let dev = common::devnode(&d, "fp-q/v");
         let src: PathBuf = d.state_root().join("src.bin");
         let len = 160 * MIB;
         {
@@ -409,7 +402,7 @@ mod dm_full_pool {
         let d = Dmctl::new();
         d.ok(&["pool", "create", "fp-nst", "--data-size", "64M"]);
         d.ok(&["create", "fp-nst/v", "--size", "1G", "--fs", "none"]);
-        let dev = devnode(&d, "fp-nst/v");
+        let dev = common::devnode(&d, "fp-nst/v");
         let of = format!("of={dev}");
         let mut w = dd(&["if=/dev/zero", &of, "bs=1M", "count=200", "oflag=direct"]);
         let st = wait_mode(&d, "fp-nst", "out_of_data_space", Duration::from_secs(30));
@@ -459,7 +452,7 @@ mod dm_full_pool {
         ]);
         d.ok(&["create", "fp-meta/v", "--size", "64G", "--fs", "none"]);
         let dmesg0 = dmesg_lines().len();
-        let dev = devnode(&d, "fp-meta/v");
+        let dev = common::devnode(&d, "fp-meta/v");
         let f = open_direct(&dev);
         let mut buf = Aligned::new(4096);
         let block = 64 * 1024u64;
@@ -597,7 +590,7 @@ mod dm_full_pool {
         assert_eq!(std::fs::metadata(&meta_img).unwrap().len(), 16 * MIB);
 
         // Everything synced before the pool stopped is there.
-        let dev = devnode(&d, "fp-meta/v");
+        let dev = common::devnode(&d, "fp-meta/v");
         let f = open_direct(&dev);
         let mut bad = vec![];
         for i in 0..synced {
@@ -660,7 +653,7 @@ mod dm_full_pool {
         assert_eq!(st["mode"], "rw");
         let meta_img = d.state_root().join("pools/fp-mon1/meta.img");
         assert_eq!(std::fs::metadata(&meta_img).unwrap().len(), meta);
-        let dev = devnode(&d, "fp-mon1/v");
+        let dev = common::devnode(&d, "fp-mon1/v");
         let mut w = dd(&[
             "if=/dev/urandom",
             &format!("of={dev}"),
@@ -697,7 +690,7 @@ mod dm_full_pool {
         let d = Dmctl::new();
         d.ok(&["pool", "create", "fp-mon", "--data-size", "256M"]);
         d.ok(&["create", "fp-mon/v", "--size", "1G", "--fs", "none"]);
-        let dev = devnode(&d, "fp-mon/v");
+        let dev = common::devnode(&d, "fp-mon/v");
         let dmesg0 = dmesg_lines().len();
         let log = d.state_root().join("monitor.log");
         let mut mon = Proc(

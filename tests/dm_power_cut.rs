@@ -14,13 +14,6 @@ use std::path::Path;
 const DISK: &str = "/dev/vda";
 const DISK_MNT: &str = "/mnt/disk";
 
-fn phase() -> u32 {
-    std::env::var("DMCTL_VM_PHASE")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .expect("power-cut tests run in two boots with DMCTL_VM_PHASE=1|2 (vm-tests/test-all)")
-}
-
 /// dmctl with its state root on the persistent disk.
 fn dmctl_on_disk() -> Dmctl {
     let state = Path::new(DISK_MNT).join("state");
@@ -45,22 +38,12 @@ fn power_cut() -> ! {
     panic!("the host did not cut the power");
 }
 
-fn write_synced(path: &Path, content: &str) {
-    let mut f = fs::File::create(path).unwrap();
-    f.write_all(content.as_bytes()).unwrap();
-    f.sync_all().unwrap();
-    fs::File::open(path.parent().unwrap())
-        .unwrap()
-        .sync_all()
-        .unwrap();
-}
-
 #[test]
 fn power_cut_pool_volumes_and_synced_data_survive() {
     require_dm!("power_cut_pool_volumes_and_synced_data_survive");
     let vol_mnt = Path::new("/mnt/base");
     let snap_mnt = Path::new("/mnt/snap");
-    if phase() == 1 {
+    if common::power_cut_phase() == 1 {
         common::run("mkfs.ext4", &["-q", "-F", DISK]);
         mount_disk();
         let d = dmctl_on_disk();
@@ -68,9 +51,13 @@ fn power_cut_pool_volumes_and_synced_data_survive() {
         d.ok(&["create", "pc/base", "--size", "256M"]);
         fs::create_dir_all(vol_mnt).unwrap();
         d.ok(&["mount", "pc/base", vol_mnt.to_str().unwrap()]);
-        write_synced(&vol_mnt.join("before-snap.txt"), "in base and snapshot\n");
+        common::write_synced(
+            &vol_mnt.join("before-snap.txt"),
+            "in base and snapshot\n".as_bytes(),
+        )
+        .unwrap();
         d.ok(&["snapshot", "pc/base", "pc/snap"]);
-        write_synced(&vol_mnt.join("after-snap.txt"), "only in base\n");
+        common::write_synced(&vol_mnt.join("after-snap.txt"), "only in base\n".as_bytes()).unwrap();
         d.ok(&["create", "pc/scratch", "--size", "64M", "--fs", "none"]);
         d.ok(&["rm", "pc/scratch"]);
         // Unsynced writes in flight when the power goes.
@@ -142,7 +129,7 @@ fn power_cut_pool_volumes_and_synced_data_survive() {
 fn power_cut_during_resize_of_unmounted_volume_leaves_a_clean_fs() {
     require_dm!("power_cut_during_resize_of_unmounted_volume_leaves_a_clean_fs");
     let (pool, snap, big) = ("rz", "rz/s", 1024 * 1024 * 1024u64);
-    if phase() == 1 {
+    if common::power_cut_phase() == 1 {
         common::run("mkfs.ext4", &["-q", "-F", DISK]);
         mount_disk();
         let d = dmctl_on_disk();
@@ -160,7 +147,8 @@ fn power_cut_during_resize_of_unmounted_volume_leaves_a_clean_fs() {
         d.ok(&["mount", "rz/w", wmnt.to_str().unwrap()]);
         std::thread::spawn(move || {
             for i in 0u64.. {
-                write_synced(&wmnt.join(format!("f{}", i % 64)), "synced\n");
+                common::write_synced(&wmnt.join(format!("f{}", i % 64)), "synced\n".as_bytes())
+                    .unwrap();
             }
         });
         let mut child = d

@@ -44,13 +44,6 @@ const WRITER_VOL: &str = "w";
 const MAX_VOLUMES: usize = 9;
 const MIB: u64 = 1 << 20;
 
-fn phase() -> u32 {
-    std::env::var("DMCTL_VM_PHASE")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .expect("power-cut tests run in two boots with DMCTL_VM_PHASE=1|2 (vm-tests/test-all)")
-}
-
 fn ack_log_path() -> PathBuf {
     Path::new(DISK_MNT).join("mix-ack.log")
 }
@@ -159,14 +152,6 @@ impl AckLog {
     }
 }
 
-/// Write `data` to a new file, fsync it and its directory.
-fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = fs::File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    fs::File::open(path.parent().unwrap())?.sync_all()
-}
-
 fn vref(name: &str) -> String {
     format!("{POOL}/{name}")
 }
@@ -187,7 +172,7 @@ struct P1Vol {
 #[test]
 fn power_cut_random_mix() {
     require_dm!("power_cut_random_mix");
-    if phase() == 1 {
+    if common::power_cut_phase() == 1 {
         phase1();
     } else {
         phase2();
@@ -239,7 +224,7 @@ fn phase1() -> ! {
                     continue;
                 }
                 let file = format!("bg-{i}");
-                match write_synced(&dir.join(&file), &data) {
+                match common::write_synced(&dir.join(&file), &data) {
                     Ok(()) => log.line(&format!("write {WRITER_VOL} {file} {}", sha256_hex(&data))),
                     Err(e) => log.line(&format!("error write {WRITER_VOL} {file}: {e}")),
                 }
@@ -414,7 +399,7 @@ fn phase1() -> ! {
                 let n = rng.range(1, 768 * 1024) as usize;
                 let data = rng.bytes(n);
                 vols.get_mut(&name).unwrap().written += data.len() as u64 + 4096;
-                match write_synced(&mountpoint(&name).join(&file), &data) {
+                match common::write_synced(&mountpoint(&name).join(&file), &data) {
                     Ok(()) => log.line(&format!("write {name} {file} {}", sha256_hex(&data))),
                     Err(e) => log.line(&format!("error write {name} {file}: {e}")),
                 }

@@ -16,26 +16,6 @@ mod dm_reliability {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
-    /// A command that must be refused: exit 1, one error line containing
-    /// every string of `expect`, and the world unchanged.
-    fn refused(d: &Dmctl, args: &[&str], expect: &[&str]) -> String {
-        let before = common::world(d);
-        let line = d.fails(args);
-        for e in expect {
-            assert!(
-                line.contains(e),
-                "dmctl {args:?}: error should say '{e}': {line}"
-            );
-        }
-        assert_eq!(
-            before,
-            common::world(d),
-            "dmctl {args:?} changed the world ({line})"
-        );
-        common::step(&format!("refused {args:?}: {line}"));
-        line
-    }
-
     /// A process killed on drop.
     struct Holder(Child);
 
@@ -85,13 +65,6 @@ mod dm_reliability {
         use std::io::Write;
         common::step(msg);
         let _ = writeln!(std::io::stderr(), "dm_reliability: {msg}");
-    }
-
-    fn devnode(d: &Dmctl, vol: &str) -> String {
-        d.json(&["info", vol])["devnode"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{vol} has no devnode"))
-            .to_string()
     }
 
     fn mkdir(base: &Path, name: &str) -> PathBuf {
@@ -404,7 +377,7 @@ mod dm_reliability {
             (vec!["rm", "rel-busy/v", "--force"], "busy"),
             (vec!["deactivate", "rel-busy/v"], "mounted"),
         ] {
-            refused(&d, &args, &[what, &held]);
+            common::refused(&d, &args, &[what, &held]);
             cases += 1;
         }
         assert_eq!(
@@ -420,7 +393,7 @@ mod dm_reliability {
 
         // A process with the device node open (not mounted).
         d.ok(&["create", "rel-busy/raw", "--size", "16M", "--fs", "none"]);
-        let node = devnode(&d, "rel-busy/raw");
+        let node = common::devnode(&d, "rel-busy/raw");
         let data = pattern(7, 1 << 20);
         write_dev(&node, &data);
         let h = Holder::spawn(None, Some(Path::new(&node)));
@@ -430,7 +403,7 @@ mod dm_reliability {
             vec!["rm", "rel-busy/raw", "--force"],
             vec!["deactivate", "rel-busy/raw"],
         ] {
-            refused(&d, &args, &["is open", &held]);
+            common::refused(&d, &args, &["is open", &held]);
             cases += 1;
         }
         // Nothing was discarded: the holder's data is intact.
@@ -444,9 +417,9 @@ mod dm_reliability {
         d.ok(&["create", "rel-busy/w", "--size", "64M"]);
         let mw = mkdir(mnt.path(), "w");
         d.ok(&["mount", "rel-busy/w", mw.to_str().unwrap()]);
-        let wnode = devnode(&d, "rel-busy/w");
+        let wnode = common::devnode(&d, "rel-busy/w");
         let hw = Holder::spawn(None, Some(Path::new(&wnode)));
-        refused(
+        common::refused(
             &d,
             &["rm", "rel-busy/w", "--force"],
             &[
@@ -585,11 +558,11 @@ mod dm_reliability {
         d.ok(&["umount", "rel-meta/s"]);
         d.ok(&["create", "rel-meta/b", "--size", "16M", "--fs", "none"]);
         let data = pattern(42, 3 << 20);
-        write_dev(&devnode(&d, "rel-meta/b"), &data);
+        write_dev(&common::devnode(&d, "rel-meta/b"), &data);
         let meta = PathBuf::from(d.json(&["pool", "status", pool])["meta"].as_str().unwrap());
         let dir = meta.parent().unwrap().to_path_buf();
 
-        refused(&d, &["pool", "repair", pool], &["active", "deactivate"]);
+        common::refused(&d, &["pool", "repair", pool], &["active", "deactivate"]);
 
         let verify = |d: &Dmctl| {
             for (vol, dir, want) in [
@@ -604,7 +577,11 @@ mod dm_reliability {
                 );
                 d.ok(&["umount", vol]);
             }
-            assert_eq!(read_dev(&devnode(d, "rel-meta/b"), data.len()), data, "b");
+            assert_eq!(
+                read_dev(&common::devnode(d, "rel-meta/b"), data.len()),
+                data,
+                "b"
+            );
         };
 
         let mut cases = 0;
@@ -620,7 +597,7 @@ mod dm_reliability {
             common::step(&format!("zeroed metadata block {block} ({case})"));
             // Never activated: the kernel would format zeroed metadata
             // afresh, losing every volume.
-            let line = refused(
+            let line = common::refused(
                 &d,
                 &["pool", "activate", pool],
                 &["thin_check", "dmctl pool repair rel-meta"],
@@ -734,7 +711,7 @@ mod dm_reliability {
             (vec!["snapshot", "rel-json/b", "rel-json/b2"], &b_json),
             (vec!["pool", "activate", "rel-json"], &a_json),
         ] {
-            refused(&d, &args, &["corrupt", file.to_str().unwrap()]);
+            common::refused(&d, &args, &["corrupt", file.to_str().unwrap()]);
             cases += 1;
         }
         let (code, r) = check_json(&d, pool, false);

@@ -449,3 +449,51 @@ pub fn pids_of(comm: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Write `data` to a new file and fsync it and its directory: what a job
+/// does to make data durable before a crash or power cut.
+pub fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new("/")))?.sync_all()
+}
+
+/// The device node of an active volume.
+pub fn devnode(d: &Dmctl, vol: &str) -> String {
+    let info = d.json(&["info", vol]);
+    assert_eq!(info["active"], true, "{vol} should be active: {info}");
+    info["devnode"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{vol} has no devnode: {info}"))
+        .to_string()
+}
+
+/// A command that must be refused: exit 1, one `dmctl: error:` line
+/// containing every string of `expect`, and the world (state, dm devices
+/// and tables, loops, mounts) unchanged. Returns the line.
+pub fn refused(d: &Dmctl, args: &[&str], expect: &[&str]) -> String {
+    let before = world(d);
+    let line = d.fails(args);
+    for e in expect {
+        assert!(
+            line.contains(e),
+            "dmctl {args:?}: error should say '{e}': {line}"
+        );
+    }
+    assert_eq!(
+        before,
+        world(d),
+        "dmctl {args:?} changed the world ({line})"
+    );
+    step(&format!("refused {args:?}: {line}"));
+    line
+}
+
+/// Which boot of a power-cut test this is (`DMCTL_VM_PHASE`, 1 or 2).
+pub fn power_cut_phase() -> u32 {
+    std::env::var("DMCTL_VM_PHASE")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .expect("power-cut tests run in two boots with DMCTL_VM_PHASE=1|2 (vm-tests/test-all)")
+}
