@@ -101,6 +101,17 @@ impl Fixture {
         v
     }
 
+    /// `dmctl snapshot p/a p/b` (not activated).
+    fn snapshot_a_as_b(&self) -> crate::error::Result<VolumeRecord> {
+        volume::snapshot(
+            &self.ctx,
+            &Fixture::vref("a"),
+            &Fixture::vref("b"),
+            None,
+            false,
+        )
+    }
+
     fn kernel_tid(&self) -> u64 {
         self.dm.kernel().pools[POOL_DM].transaction_id
     }
@@ -128,14 +139,7 @@ impl Fixture {
 fn snapshot_of_an_active_origin_suspends_sends_create_snap_once_and_resumes() {
     let f = fixture();
     f.add_volume("a", 0, true);
-    let v = volume::snapshot(
-        &f.ctx,
-        &Fixture::vref("a"),
-        &Fixture::vref("b"),
-        None,
-        false,
-    )
-    .unwrap();
+    let v = f.snapshot_a_as_b().unwrap();
     assert_eq!(v.device_id, 1);
     assert_eq!(v.parent_device_id, Some(0));
     let k = f.dm.kernel();
@@ -172,14 +176,7 @@ fn create_snap_failure_is_not_sent_again_after_the_origin_resumes() {
     f.add_volume("a", 0, true);
     f.dm.kernel()
         .fail_next("message dmctl+p: create_snap", Errno::EINVAL);
-    let err = volume::snapshot(
-        &f.ctx,
-        &Fixture::vref("a"),
-        &Fixture::vref("b"),
-        None,
-        false,
-    )
-    .unwrap_err();
+    let err = f.snapshot_a_as_b().unwrap_err();
     assert_eq!(err.errno(), Some(Errno::EINVAL), "{err}");
     let k = f.dm.kernel();
     assert_eq!(
@@ -221,14 +218,7 @@ fn create_snap_on_a_taken_id_moves_to_the_next_one() {
         .unwrap()
         .thin_ids
         .insert(1);
-    let v = volume::snapshot(
-        &f.ctx,
-        &Fixture::vref("a"),
-        &Fixture::vref("b"),
-        None,
-        false,
-    )
-    .unwrap();
+    let v = f.snapshot_a_as_b().unwrap();
     assert_eq!(v.device_id, 2);
     let k = f.dm.kernel();
     assert_eq!(
@@ -249,14 +239,7 @@ fn failed_set_transaction_id_rolls_the_snapshot_back() {
     f.add_volume("a", 0, false);
     f.dm.kernel()
         .fail_next("message dmctl+p: set_transaction_id", Errno::EIO);
-    let err = volume::snapshot(
-        &f.ctx,
-        &Fixture::vref("a"),
-        &Fixture::vref("b"),
-        None,
-        false,
-    )
-    .unwrap_err();
+    let err = f.snapshot_a_as_b().unwrap_err();
     assert_eq!(err.errno(), Some(Errno::EIO), "{err}");
     // The undo is the recovery path: the id deleted, the record dropped,
     // and the id never handed out again.
@@ -413,14 +396,7 @@ fn a_refused_snapshot_changes_nothing() {
     f.add_volume("a", 0, true);
     f.add_volume("b", 1, false);
     let before = f.dm.kernel().pools[POOL_DM].clone();
-    let err = volume::snapshot(
-        &f.ctx,
-        &Fixture::vref("a"),
-        &Fixture::vref("b"),
-        None,
-        false,
-    )
-    .unwrap_err();
+    let err = f.snapshot_a_as_b().unwrap_err();
     assert!(matches!(err, Error::Exists(_)), "{err}");
     let k = f.dm.kernel();
     assert!(k.calls_of("message").is_empty(), "{:?}", k.calls);
@@ -436,14 +412,7 @@ fn a_dm_device_of_the_name_that_dmctl_did_not_make_is_not_touched() {
     f.add_volume("a", 0, false);
     f.dm.kernel()
         .add_device("dmctl+p+b", "LVM-someone-else", vec![]);
-    let err = volume::snapshot(
-        &f.ctx,
-        &Fixture::vref("a"),
-        &Fixture::vref("b"),
-        None,
-        false,
-    )
-    .unwrap_err();
+    let err = f.snapshot_a_as_b().unwrap_err();
     assert!(matches!(err, Error::Exists(_)), "{err}");
     let k = f.dm.kernel();
     assert!(k.calls_of("message").is_empty(), "{:?}", k.calls);
