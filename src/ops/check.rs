@@ -101,7 +101,6 @@ pub fn check(ctx: &Ctx, pool: &str, repair: bool) -> Result<CheckReport> {
         ctx.active_pool_device(&rec)?;
         return examine(ctx, &rec);
     }
-    ctx.store.load_pool(pool)?;
     // The image commands' lock first, as they take it (then the pool's).
     let _images = super::image::lock_images(ctx, pool)?;
     let _lock = ctx.store.lock_pool(pool)?;

@@ -83,7 +83,7 @@ pub fn layer_volume_name(chain: &Digest) -> String {
 
 pub(super) fn lock_images(ctx: &Ctx, pool: &str) -> Result<LockFile> {
     // A pool that does not exist gets no lock file.
-    ctx.store.load_pool(pool)?;
+    ctx.store.require_pool(pool)?;
     let file = ctx.store.images_lock_file(pool)?;
     if let Some(dir) = file.parent() {
         fsutil::create_private_dir(dir)?;

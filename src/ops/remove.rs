@@ -18,9 +18,8 @@ pub struct RemoveReport {
 }
 
 pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<RemoveReport> {
-    // A pool that does not exist gets no lock file.
-    ctx.store.load_pool(&v.pool)?;
-    // The image commands' lock first, as they take it (then the pool's).
+    // The image commands' lock first, as they take it (then the pool's);
+    // a pool that does not exist gets none.
     let _images = image::lock_images(ctx, &v.pool)?;
     let layer = image::layer_of_volume(ctx, &v.pool, &v.name)?;
     if let (Some((_, users)), false) = (&layer, force) {

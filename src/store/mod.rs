@@ -223,8 +223,18 @@ impl Store {
     /// nothing is created for it. Read-only commands take none (every file
     /// is replaced atomically).
     pub fn lock_pool(&self, pool: &str) -> Result<LockFile> {
-        self.load_pool(pool)?;
+        self.require_pool(pool)?;
         self.lock_file(pool)
+    }
+
+    /// `NotFound` unless the pool has a record (a stat, not a parse: the
+    /// caller reads the record under its lock).
+    pub fn require_pool(&self, pool: &str) -> Result<()> {
+        if self.pool_file(pool)?.is_file() {
+            Ok(())
+        } else {
+            Err(self.no_pool(pool))
+        }
     }
 
     /// The lock of a pool about to be created: the state root is made if
