@@ -20,23 +20,33 @@ use std::path::PathBuf;
 )]
 pub struct Cli {
     /// State root [default: $DMCTL_ROOT, else /var/lib/dmctl]
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     pub root: Option<PathBuf>,
 
     /// Print one JSON document on stdout instead of text
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
 
     /// Trace every kernel call, state write and program run on stderr
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub verbose: bool,
 
     /// Show sizes in bytes (same as --units b)
-    #[arg(long, global = true, conflicts_with = "units")]
+    #[arg(
+        long,
+        global = true,
+        conflicts_with = "units",
+        help_heading = "Global options"
+    )]
     pub bytes: bool,
 
     /// Units of sizes in text output: h (human, like lsblk), b, k, m, g, t
-    #[arg(long, global = true, value_enum, default_value_t = Units::H, hide_default_value = false)]
+    #[arg(long, global = true, value_enum, default_value_t = Units::H, help_heading = "Global options")]
     pub units: Units,
 
     #[command(subcommand)]
