@@ -131,8 +131,10 @@ fn pool_destroy_force_unmounts_like_rm_force() {
     d.fails(&["pool", "status", "pf"]);
 }
 
-/// A volume far bigger than its pool is allowed (thin) but warned about, as
-/// LVM does; a pool with --max-overcommit refuses it.
+/// A volume far bigger than its pool's free space is allowed (thin) but
+/// warned about, as LVM warns about overcommit; a pool with
+/// --max-overcommit refuses volumes past the ratio. Regression: a 100T
+/// volume in a 2G pool was accepted silently.
 #[test]
 fn overcommit_is_warned_about_and_refused_past_the_limit() {
     require_dm!("overcommit_is_warned_about_and_refused_past_the_limit");

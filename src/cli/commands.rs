@@ -28,9 +28,9 @@ pub fn doctor(p: &Printer) -> Result<i32> {
     })
 }
 
-/// A warning when the pool's volumes add up to more than its data space.
-fn warn_overcommit(ctx: &Ctx, pool: &str) -> Result<()> {
-    if let Some(o) = ops::pool::overcommit(ctx, pool)? {
+/// A warning when the new volume is bigger than the pool's free space.
+fn warn_overcommit(ctx: &Ctx, pool: &str, size: u64) -> Result<()> {
+    if let Some(o) = ops::pool::oversized(ctx, pool, size)? {
         trace::warn(&format!("pool {pool}: {o}"));
     }
     Ok(())
@@ -51,7 +51,7 @@ pub fn create(
         mkfs_args: mkfs_args.to_vec(),
     };
     let rec = volume::create(ctx, &req)?;
-    warn_overcommit(ctx, &v.pool)?;
+    warn_overcommit(ctx, &v.pool, rec.size)?;
     p.emit(&rec, |r| {
         outln!("created {v} (thin id {}, {})", r.device_id, p.size(r.size))
     })?;
@@ -67,7 +67,7 @@ pub fn snapshot(
     activate: bool,
 ) -> Result<i32> {
     let rec = volume::snapshot(ctx, origin, v, size, activate)?;
-    warn_overcommit(ctx, &v.pool)?;
+    warn_overcommit(ctx, &v.pool, rec.size)?;
     p.emit(&rec, |r| {
         outln!(
             "created {v} (thin id {}), a snapshot of {origin}",
