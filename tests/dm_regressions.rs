@@ -151,7 +151,9 @@ fn overcommit_is_warned_about_and_refused_past_the_limit() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.starts_with("dmctl: warning: pool oc: the volumes add up to 100T"),
+        err.starts_with(
+            "dmctl: warning: pool oc: a volume of 100T is more than the pool's free data space"
+        ),
         "{err}"
     );
     d.ok(&["pool", "set", "oc", "--max-overcommit", "2"]);
