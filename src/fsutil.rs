@@ -260,6 +260,11 @@ pub fn lock_exclusive(path: &Path) -> Result<LockFile> {
         .ok_or_else(|| Error::io(path, io::Error::from_raw_os_error(libc::EWOULDBLOCK)))
 }
 
+/// Take an exclusive lock on `path` if nobody holds it; `None` if someone does.
+pub fn try_lock_exclusive(path: &Path) -> Result<Option<LockFile>> {
+    lock(path, libc::LOCK_EX | libc::LOCK_NB)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ pub mod image;
 pub mod kernel;
 pub mod names;
 pub mod ops;
+pub mod serve;
 pub mod store;
 pub mod thinmeta;
 pub(crate) mod tools;

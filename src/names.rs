@@ -96,12 +96,33 @@ pub fn is_spare_name(name: &str) -> bool {
     name.starts_with(SPARE_PREFIX)
 }
 
+/// Volumes of `dmctl serve`'s snapshots: `ctr.ID` (containerd's keys are
+/// never names; see `ops::snapshotter`).
+pub const SNAPSHOT_PREFIX: &str = "ctr.";
+
+/// The volume holding snapshot number `id` of `dmctl serve`.
+pub fn snapshot_volume_name(id: u64) -> String {
+    format!("{SNAPSHOT_PREFIX}{id}")
+}
+
+/// The snapshot number of a `dmctl serve` volume name.
+pub fn snapshot_volume_id(name: &str) -> Option<u64> {
+    name.strip_prefix(SNAPSHOT_PREFIX)?.parse().ok()
+}
+
 /// Refuse, for a volume a user names, a name dmctl keeps for its own.
 pub fn check_not_reserved(name: &str) -> Result<()> {
     if is_spare_name(name) {
         return Err(Error::Invalid(format!(
             "invalid volume name '{}': names starting with '{SPARE_PREFIX}' are reserved \
              for warm spares (dmctl image warm)",
+            echo(name)
+        )));
+    }
+    if name.starts_with(SNAPSHOT_PREFIX) {
+        return Err(Error::Invalid(format!(
+            "invalid volume name '{}': names starting with '{SNAPSHOT_PREFIX}' are \
+             reserved for containerd's snapshots (dmctl serve)",
             echo(name)
         )));
     }

@@ -284,6 +284,23 @@ pub enum Command {
     /// Layered images: OCI import, provision, warm, commit, export
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Serve a pool to containerd as a snapshotter (its snapshots API over gRPC)
+    #[command(
+        long_about = "Serve a pool to containerd as a proxy snapshotter: containerd's \
+                      snapshots API (gRPC) on a unix socket, in the foreground, logging on \
+                      stderr, until SIGTERM or SIGINT. Each snapshot is a thin volume of the \
+                      pool (named ctr.N; containerd's keys are kept in the pool's metadata). \
+                      A snapshot without a parent is a new volume of --size (or of the label \
+                      containerd.io/snapshot/dmctl.size); a child is a thin snapshot of its \
+                      parent. Layers imported with `dmctl image import` are adopted by \
+                      containerd instead of unpacked again.",
+        after_help = "containerd's config (/etc/containerd/config.toml, version 2):\n  \
+                      [proxy_plugins.dmctl]\n    type = \"snapshot\"\n    \
+                      address = \"/run/dmctl/ci.sock\"\n\n\
+                      Example:\n  dmctl serve ci --size 10G\n  \
+                      ctr run --rm --snapshotter dmctl docker.io/library/debian:bookworm job1 true"
+    )]
+    Serve(ServeArgs),
     /// Print a shell completion script
     #[command(after_help = "Example:\n  dmctl completions bash > /etc/bash_completion.d/dmctl")]
     Completions {
@@ -578,6 +595,41 @@ pub struct ImportArgs {
     /// Filesystem of the layer volumes (ext4 or xfs)
     #[arg(long, value_parser = image_fs, default_value = "ext4")]
     pub fs: Filesystem,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The pool (active)
+    #[arg(value_parser = pool_name)]
+    pub pool: String,
+    /// The unix socket to listen on [default: /run/dmctl/POOL.sock]
+    #[arg(long, value_name = "PATH")]
+    pub address: Option<PathBuf>,
+    /// Filesystem of new snapshots without a parent
+    #[arg(long, value_enum, default_value = "ext4")]
+    pub fs: ServeFs,
+    /// Size of new snapshots without a parent (a child has its parent's
+    /// size unless its label containerd.io/snapshot/dmctl.size asks for more)
+    #[arg(long, value_parser = size, default_value = "10G")]
+    pub size: u64,
+    /// Group allowed to use the socket (0660) [default: root only, 0600]
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServeFs {
+    Ext4,
+    Xfs,
+}
+
+impl ServeFs {
+    pub fn filesystem(self) -> Filesystem {
+        match self {
+            ServeFs::Ext4 => Filesystem::Ext4,
+            ServeFs::Xfs => Filesystem::Xfs,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

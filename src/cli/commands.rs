@@ -218,6 +218,34 @@ pub fn diff(
     Ok(0)
 }
 
+/// `dmctl serve`: runs until SIGTERM/SIGINT.
+pub fn serve(ctx: &Ctx, a: &super::args::ServeArgs) -> Result<i32> {
+    let group = match &a.group {
+        None => None,
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)
+                .with_context(|| format!("group '{g}'"))?
+                .with_context(|| format!("no group '{g}'"))?
+                .gid,
+        ),
+    };
+    dmctl::serve::run(dmctl::serve::Config {
+        root: ctx.store.root().to_path_buf(),
+        settings: ops::snapshotter::Settings {
+            pool: a.pool.clone(),
+            fs: a.fs.filesystem(),
+            size: a.size,
+        },
+        address: a
+            .address
+            .clone()
+            .unwrap_or_else(|| dmctl::serve::default_address(&a.pool)),
+        group,
+        log: |line| eprintln!("dmctl serve: {line}"),
+    })?;
+    Ok(0)
+}
+
 pub fn completions(shell: clap_complete::Shell) -> Result<i32> {
     use clap::CommandFactory;
     let mut cmd = super::args::Cli::command();

@@ -183,6 +183,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             output,
             nearest_ancestor,
         } => c::diff(&ctx, &p, volume, output.as_deref(), *nearest_ancestor),
+        Command::Serve(a) => c::serve(&ctx, a),
         Command::Completions { shell } => c::completions(*shell),
         Command::Manpages { dir } => c::manpages(dir),
     }

@@ -16,6 +16,7 @@ pub mod pool;
 pub mod remove;
 pub mod repair;
 mod session;
+pub mod snapshotter;
 pub mod spare;
 #[cfg(test)]
 mod tests;

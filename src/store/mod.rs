@@ -6,10 +6,12 @@
 //! ROOT/                      0700
 //!   locks/POOL.lock          flock: held exclusively by mutating commands
 //!   locks/images/POOL.lock   flock: held by image commands (taken first)
+//!   locks/POOL.serve.lock    flock: held by the pool's `dmctl serve` while it runs
 //!   tmp/                     private mount point of `resize`'s grow tool
 //!   pools/POOL/pool.json     PoolRecord
 //!   pools/POOL/txn.json      Transaction, only while one is open
 //!   pools/POOL/claim.json    Claim of a warm spare, only while one is open
+//!   pools/POOL/snapshots.json  SnapshotTable of `dmctl serve` (containerd's keys)
 //!   pools/POOL/devices/NAME.json  VolumeRecord
 //!   pools/POOL/devices/NAME.json.corrupt-TIME  a record set aside by check --repair
 //!   pools/POOL/spares/NAME/  mount points of warm spares (ops::spare)
@@ -28,7 +30,7 @@ pub mod model;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, LockFile};
 use crate::names::validate_name;
-use model::{Claim, PoolRecord, Transaction, VolumeRecord};
+use model::{Claim, PoolRecord, SnapshotTable, Transaction, VolumeRecord};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/dmctl";
@@ -247,6 +249,32 @@ impl Store {
 
     fn lock_file(&self, pool: &str) -> Result<LockFile> {
         fsutil::lock_exclusive(&self.root.join("locks").join(format!("{pool}.lock")))
+    }
+
+    /// The lock a pool's `dmctl serve` holds while it runs: a second
+    /// server on the pool is refused (`Busy`), without waiting.
+    pub fn lock_server(&self, pool: &str) -> Result<LockFile> {
+        self.require_pool(pool)?;
+        let path = self.root.join("locks").join(format!("{pool}.serve.lock"));
+        fsutil::try_lock_exclusive(&path)?.ok_or_else(|| {
+            Error::Busy(format!(
+                "pool '{pool}' is already served by another `dmctl serve` (it holds {})",
+                path.display()
+            ))
+        })
+    }
+
+    fn snapshots_file(&self, pool: &str) -> Result<PathBuf> {
+        Ok(self.pool_dir(pool)?.join("snapshots.json"))
+    }
+
+    /// The pool's containerd snapshots (empty if it never served any).
+    pub fn load_snapshots(&self, pool: &str) -> Result<SnapshotTable> {
+        Ok(fsutil::read_json_opt(&self.snapshots_file(pool)?)?.unwrap_or_default())
+    }
+
+    pub fn save_snapshots(&self, pool: &str, table: &SnapshotTable) -> Result<()> {
+        fsutil::write_json_atomic(&self.snapshots_file(pool)?, table)
     }
 
     pub fn pool_exists(&self, pool: &str) -> Result<bool> {

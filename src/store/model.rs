@@ -211,6 +211,85 @@ pub struct Claim {
     pub started: u64,
 }
 
+/// The kind of a containerd snapshot (containerd's `snapshots.Kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    View,
+    Active,
+    Committed,
+}
+
+impl SnapshotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::View => "view",
+            SnapshotKind::Active => "active",
+            SnapshotKind::Committed => "committed",
+        }
+    }
+}
+
+/// A point in time with containerd's precision (a protobuf Timestamp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub secs: i64,
+    pub nanos: i32,
+}
+
+impl Stamp {
+    pub fn now() -> Stamp {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Stamp {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        }
+    }
+}
+
+/// One snapshot of `dmctl serve` (see `ops::snapshotter`). containerd's
+/// key is data here, never a path or a dm name: the volume is
+/// `names::snapshot_volume_name(id)`, or an image layer's volume for a
+/// snapshot adopted from `dmctl image import`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub key: String,
+    pub id: u64,
+    pub kind: SnapshotKind,
+    /// The key of the committed snapshot this one is made from.
+    pub parent: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub created: Stamp,
+    pub updated: Stamp,
+    /// The thin volume that holds its filesystem.
+    pub volume: String,
+    /// False for a layer of `dmctl image import` that containerd adopted:
+    /// removing the snapshot leaves the layer to `dmctl image rm`.
+    pub owns_volume: bool,
+    /// Still being made: its volume may be missing or half made. Such a
+    /// record is invisible to containerd and is swept (with its volume)
+    /// when the server starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creating: bool,
+    /// Bytes used, as recorded at commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<u64>,
+    /// The active key it was committed from: a commit that containerd
+    /// retries (the server died before it answered) is found done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_from: Option<String>,
+}
+
+/// Every snapshot of a pool's `dmctl serve`: one file, rewritten atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotTable {
+    /// The next snapshot number (never handed out twice).
+    pub next_id: u64,
+    pub snapshots: Vec<SnapshotRecord>,
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

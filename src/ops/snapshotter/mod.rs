@@ -1,0 +1,598 @@
+//! containerd's snapshotter contract over a pool: what `dmctl serve` does
+//! for each request of containerd's snapshots API (the gRPC front end is
+//! `crate::serve`; this module knows nothing of gRPC).
+//!
+//! A snapshot is a thin volume of the pool, made with the same transaction
+//! protocol as `dmctl create` and `dmctl snapshot`: an active snapshot or a
+//! view without a parent is a new formatted volume, one with a parent is a
+//! thin snapshot of the parent's volume. containerd's keys are arbitrary
+//! strings: they are kept in `snapshots.json` (`SnapshotTable`) and never
+//! become paths or dm names; the volume of snapshot number N is `ctr.N`.
+//!
+//! Crash safety comes from the order of the two writes:
+//! * prepare records the snapshot as `creating` first, then makes its
+//!   volume, then clears the flag; a server that starts finds `creating`
+//!   records (a crash in between) and removes them and their volumes;
+//! * remove drops the record first, then the volume; a `ctr.N` volume with
+//!   no record is an orphan that `cleanup` (and every start) removes.
+//!   A volume still in use (mounted by containerd, busy) stays an orphan
+//!   until it is free: containerd's own removal is asynchronous too.
+//!
+//! The table's read-modify-write is serialized by a mutex; kernel work is
+//! done outside it, under the pool lock of each volume operation, so
+//! requests wait for each other only where the kernel needs it.
+
+pub mod filter;
+
+use super::session::{self, Session};
+use super::volume::{self, CreateRequest};
+use super::{devnode, image, Ctx};
+use crate::error::{Error, Result};
+use crate::image::oci::Digest;
+use crate::kernel::status::{parse_thin_status, ThinStatus};
+use crate::names::{self, VolumeRef};
+use crate::store::model::{Filesystem, SnapshotKind, SnapshotRecord, SnapshotTable, Stamp};
+use crate::units::SECTOR;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+pub use filter::Filters;
+
+/// The label that sizes a snapshot (`ctr run --snapshotter-label`).
+pub const SIZE_LABEL: &str = "containerd.io/snapshot/dmctl.size";
+/// The label containerd's unpacker puts on a layer's snapshot: its ChainID.
+pub const REF_LABEL: &str = "containerd.io/snapshot.ref";
+
+/// How the server makes new volumes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub pool: String,
+    pub fs: Filesystem,
+    /// Size of a snapshot without a parent (a child gets its parent's size
+    /// unless its size label asks for more).
+    pub size: u64,
+}
+
+/// A mount for containerd to perform (containerd's `Mount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub fs_type: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// Bytes and inodes a snapshot uses (containerd's `Usage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub size: u64,
+    pub inodes: u64,
+}
+
+/// What `cleanup` and a start-up sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Volumes removed (orphans, or of interrupted prepares).
+    pub removed: Vec<String>,
+    /// Orphans still in use, left for a later sweep.
+    pub kept: Vec<String>,
+}
+
+/// One pool's snapshotter.
+pub struct Snapshotter {
+    settings: Settings,
+    table: Mutex<()>,
+}
+
+fn not_found(key: &str) -> Error {
+    Error::NotFound(format!("snapshot {key:?} does not exist"))
+}
+
+impl Snapshotter {
+    pub fn new(settings: Settings) -> Snapshotter {
+        Snapshotter {
+            settings,
+            table: Mutex::new(()),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Read, change and write the table under the mutex. `change` returns
+    /// `Ok(None)` to leave the file unwritten.
+    fn with_table<T>(
+        &self,
+        ctx: &Ctx,
+        change: impl FnOnce(&mut SnapshotTable) -> Result<(T, bool)>,
+    ) -> Result<T> {
+        let _guard = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = ctx.store.load_snapshots(&self.settings.pool)?;
+        let (out, write) = change(&mut table)?;
+        if write {
+            ctx.store.save_snapshots(&self.settings.pool, &table)?;
+        }
+        Ok(out)
+    }
+
+    /// A finished snapshot by key.
+    fn get(&self, ctx: &Ctx, key: &str) -> Result<SnapshotRecord> {
+        self.with_table(ctx, |t| {
+            let r = find(t, key).filter(|r| !r.creating).cloned();
+            Ok((r.ok_or_else(|| not_found(key))?, false))
+        })
+    }
+
+    /// `Prepare` (kind Active) and `View` (kind View).
+    pub fn prepare(
+        &self,
+        ctx: &Ctx,
+        kind: SnapshotKind,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<MountSpec>> {
+        if key.is_empty() {
+            return Err(Error::Invalid("a snapshot key must not be empty".into()));
+        }
+        let size = labels
+            .get(SIZE_LABEL)
+            .map(|s| {
+                crate::units::parse_size(s)
+                    .map_err(|e| Error::Invalid(format!("label {SIZE_LABEL}={s:?}: {e}")))
+            })
+            .transpose()?;
+        let parent = (!parent.is_empty()).then(|| parent.to_string());
+        let (rec, parent_rec) = self.with_table(ctx, |t| {
+            if find(t, key).is_some() {
+                return Err(Error::Exists(format!("snapshot {key:?} already exists")));
+            }
+            if let Some(chain) = labels.get(REF_LABEL) {
+                if kind == SnapshotKind::Active && self.adopt(ctx, t, chain, parent.as_deref())? {
+                    return Err(Error::Exists(format!(
+                        "target snapshot {chain:?} already exists"
+                    )));
+                }
+            }
+            let parent_rec = match &parent {
+                None => None,
+                Some(p) => {
+                    let r = find(t, p).filter(|r| !r.creating).ok_or_else(|| {
+                        Error::NotFound(format!("parent snapshot {p:?} does not exist"))
+                    })?;
+                    if r.kind != SnapshotKind::Committed {
+                        return Err(Error::Invalid(format!(
+                            "parent snapshot {p:?} is not committed"
+                        )));
+                    }
+                    Some(r.clone())
+                }
+            };
+            let id = next_id(t);
+            let now = Stamp::now();
+            let rec = SnapshotRecord {
+                key: key.to_string(),
+                id,
+                kind,
+                parent: parent.clone(),
+                labels: labels.clone(),
+                created: now,
+                updated: now,
+                volume: names::snapshot_volume_name(id),
+                owns_volume: true,
+                creating: true,
+                usage: None,
+                committed_from: None,
+            };
+            t.snapshots.push(rec.clone());
+            Ok(((rec, parent_rec), true))
+        })?;
+        crate::crashpoint::hit("serve-prepare:recorded");
+        if let Err(e) = self.make_volume(ctx, &rec, parent_rec.as_ref(), size) {
+            // The volume operations undid their own part; drop the record.
+            self.with_table(ctx, |t| {
+                t.snapshots
+                    .retain(|r| !(r.key == rec.key && r.id == rec.id));
+                Ok(((), true))
+            })?;
+            return Err(e);
+        }
+        crate::crashpoint::hit("serve-prepare:made");
+        self.with_table(ctx, |t| {
+            if let Some(r) = t.snapshots.iter_mut().find(|r| r.id == rec.id) {
+                r.creating = false;
+            }
+            Ok(((), true))
+        })?;
+        self.mounts_of(ctx, &rec)
+    }
+
+    /// Make the volume of a new snapshot: a formatted volume, or a thin
+    /// snapshot of the parent's (grown if the size label asks for more).
+    fn make_volume(
+        &self,
+        ctx: &Ctx,
+        rec: &SnapshotRecord,
+        parent: Option<&SnapshotRecord>,
+        size: Option<u64>,
+    ) -> Result<()> {
+        let pool = &self.settings.pool;
+        let new = VolumeRef::new(pool, &rec.volume)?;
+        let mut s = session::open(ctx, pool)?;
+        let Some(parent) = parent else {
+            let req = CreateRequest {
+                volume: new,
+                size: size.unwrap_or(self.settings.size),
+                fs: Some(self.settings.fs),
+                mkfs_args: mkfs_args(self.settings.fs),
+            };
+            volume::create_locked(ctx, &mut s, &req)?;
+            return Ok(());
+        };
+        let origin = VolumeRef::new(pool, &parent.volume)?;
+        let Session {
+            lock,
+            pool: mut pool_rec,
+            device,
+        } = s;
+        let (made, _) =
+            volume::snapshot_locked(ctx, &mut pool_rec, &device, &origin, &new, None, true)?;
+        drop(lock);
+        if let Some(size) = size.filter(|&s| s > made.size) {
+            volume::resize(ctx, &new, size)?;
+        }
+        Ok(())
+    }
+
+    /// Adopt a layer that `dmctl image import` holds as the committed
+    /// snapshot containerd's unpacker asks for (`chain` is its ChainID,
+    /// `parent` the key of the snapshot below it): true if there is one,
+    /// already recorded or recorded now. containerd then finds it with the
+    /// filter `labels."containerd.io/snapshot.ref"==CHAIN,parent==PARENT`.
+    fn adopt(
+        &self,
+        ctx: &Ctx,
+        t: &mut SnapshotTable,
+        chain: &str,
+        parent: Option<&str>,
+    ) -> Result<bool> {
+        let known = t.snapshots.iter().any(|r| {
+            !r.creating
+                && r.kind == SnapshotKind::Committed
+                && r.labels.get(REF_LABEL).map(String::as_str) == Some(chain)
+                && r.parent.as_deref() == parent
+        });
+        if known {
+            return Ok(true);
+        }
+        let Ok(digest) = chain.parse::<Digest>() else {
+            return Ok(false);
+        };
+        let Some(layer) = image::load_layer(ctx, &self.settings.pool, &digest)? else {
+            return Ok(false);
+        };
+        // The layer below must be the parent snapshot's volume.
+        let parent_volume = match parent {
+            None => None,
+            Some(p) => match find(t, p) {
+                Some(r) if !r.creating && r.kind == SnapshotKind::Committed => {
+                    Some(r.volume.clone())
+                }
+                _ => return Ok(false),
+            },
+        };
+        let below = match &layer.parent {
+            None => None,
+            Some(c) => match image::load_layer(ctx, &self.settings.pool, c)? {
+                Some(l) => Some(l.volume),
+                None => return Ok(false),
+            },
+        };
+        if below != parent_volume
+            || ctx
+                .store
+                .load_volume(&self.settings.pool, &layer.volume)?
+                .is_none()
+        {
+            return Ok(false);
+        }
+        let key = format!("dmctl/layer/{chain}");
+        if find(t, &key).is_some() {
+            return Ok(false);
+        }
+        let id = next_id(t);
+        let now = Stamp::now();
+        t.snapshots.push(SnapshotRecord {
+            key,
+            id,
+            kind: SnapshotKind::Committed,
+            parent: parent.map(str::to_string),
+            labels: BTreeMap::from([(REF_LABEL.to_string(), chain.to_string())]),
+            created: now,
+            updated: now,
+            volume: layer.volume,
+            owns_volume: false,
+            creating: false,
+            usage: None,
+            committed_from: None,
+        });
+        Ok(true)
+    }
+
+    /// `Mounts`: how to mount an active snapshot or a view.
+    pub fn mounts(&self, ctx: &Ctx, key: &str) -> Result<Vec<MountSpec>> {
+        let rec = self.get(ctx, key)?;
+        if rec.kind == SnapshotKind::Committed {
+            return Err(Error::Busy(format!(
+                "snapshot {key:?} is committed: only active snapshots and views have mounts"
+            )));
+        }
+        self.mounts_of(ctx, &rec)
+    }
+
+    /// The mount of a snapshot's volume, activating it if needed (after a
+    /// reboot or `pool deactivate`).
+    fn mounts_of(&self, ctx: &Ctx, rec: &SnapshotRecord) -> Result<Vec<MountSpec>> {
+        let pool = ctx.ready_pool(&self.settings.pool)?;
+        let vol = ctx.store.volume(&pool.name, &rec.volume)?;
+        let info = match ctx.thin_device(&pool, &vol)? {
+            Some(info) => info,
+            None => {
+                let s = session::open(ctx, &pool.name)?;
+                super::device::activate_device(ctx, &s.pool, &vol, false)?
+            }
+        };
+        let fs = vol.fs.unwrap_or(self.settings.fs);
+        let mut options = Vec::new();
+        if rec.kind == SnapshotKind::View {
+            options.push("ro".to_string());
+        }
+        match fs {
+            // Snapshots share their origin's XFS UUID.
+            Filesystem::Xfs => options.push("nouuid".into()),
+            // The inode tables were left unwritten by mkfs (a new thin
+            // device reads as zeros, and ext4 trusts only the initialized
+            // part); zeroing them later would provision blocks for nothing.
+            Filesystem::Ext4 => options.push("noinit_itable".into()),
+        }
+        Ok(vec![MountSpec {
+            fs_type: fs.as_str().to_string(),
+            source: devnode(&info).display().to_string(),
+            options,
+        }])
+    }
+
+    /// `Commit`: the active snapshot `key` becomes the committed `name`.
+    pub fn commit(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        key: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::Invalid("a snapshot name must not be empty".into()));
+        }
+        let usage = self.usage_of_key(ctx, key).ok().map(|u| u.size);
+        self.with_table(ctx, |t| {
+            if find(t, key).is_none() && find(t, name).is_none() {
+                // A commit containerd retries after the server died before
+                // answering: containerd asks again under a fresh name (its
+                // keys carry a counter); the snapshot committed from `key`
+                // takes that name.
+                if let Some(r) = t.snapshots.iter_mut().find(|r| {
+                    r.kind == SnapshotKind::Committed && r.committed_from.as_deref() == Some(key)
+                }) {
+                    r.key = name.to_string();
+                    r.labels = labels;
+                    r.updated = Stamp::now();
+                    return Ok(((), true));
+                }
+            }
+            if find(t, name).is_some() {
+                return Err(Error::Exists(format!("snapshot {name:?} already exists")));
+            }
+            let r = t
+                .snapshots
+                .iter_mut()
+                .find(|r| r.key == key && !r.creating)
+                .ok_or_else(|| not_found(key))?;
+            if r.kind != SnapshotKind::Active {
+                return Err(Error::Busy(format!(
+                    "snapshot {key:?} is not active ({}): only active snapshots are committed",
+                    r.kind.as_str()
+                )));
+            }
+            let now = Stamp::now();
+            r.key = name.to_string();
+            r.kind = SnapshotKind::Committed;
+            r.labels = labels;
+            r.created = now;
+            r.updated = now;
+            r.usage = usage;
+            r.committed_from = Some(key.to_string());
+            Ok(((), true))
+        })?;
+        crate::crashpoint::hit("serve-commit:recorded");
+        Ok(())
+    }
+
+    /// `Remove`: the record goes first, then the volume (see the module
+    /// comment); a volume still in use is left for `cleanup`.
+    pub fn remove(&self, ctx: &Ctx, key: &str) -> Result<()> {
+        let rec = self.with_table(ctx, |t| {
+            let r = find(t, key)
+                .filter(|r| !r.creating)
+                .cloned()
+                .ok_or_else(|| not_found(key))?;
+            if t.snapshots.iter().any(|c| c.parent.as_deref() == Some(key)) {
+                return Err(Error::Busy(format!(
+                    "cannot remove snapshot {key:?}: snapshots are made from it (remove them first)"
+                )));
+            }
+            t.snapshots.retain(|c| c.id != r.id);
+            Ok((r, true))
+        })?;
+        crate::crashpoint::hit("serve-remove:unrecorded");
+        if rec.owns_volume {
+            if let Err(e) = self.remove_volume(ctx, &rec.volume) {
+                crate::trace::note(&format!(
+                    "snapshot {key:?} removed; its volume {} is kept until it is free ({e})",
+                    rec.volume
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_volume(&self, ctx: &Ctx, name: &str) -> Result<()> {
+        let v = VolumeRef::new(&self.settings.pool, name)?;
+        let Session {
+            lock: _lock,
+            mut pool,
+            ..
+        } = session::open(ctx, &self.settings.pool)?;
+        match volume::remove_locked(ctx, &mut pool, &v, false) {
+            Err(Error::NotFound(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `Stat`.
+    pub fn stat(&self, ctx: &Ctx, key: &str) -> Result<SnapshotRecord> {
+        self.get(ctx, key)
+    }
+
+    /// `Update`: only labels change. `paths` is containerd's field mask:
+    /// empty (every mutable field: all labels are replaced), `labels`
+    /// (the same), or `labels.KEY` (that label is set, or removed if
+    /// `labels` has no KEY).
+    pub fn update(
+        &self,
+        ctx: &Ctx,
+        key: &str,
+        labels: BTreeMap<String, String>,
+        paths: &[String],
+    ) -> Result<SnapshotRecord> {
+        for p in paths {
+            if p != "labels" && !p.starts_with("labels.") {
+                return Err(Error::Invalid(format!(
+                    "cannot update {p:?} of snapshot {key:?}: only labels change"
+                )));
+            }
+        }
+        self.with_table(ctx, |t| {
+            let r = t
+                .snapshots
+                .iter_mut()
+                .find(|r| r.key == key && !r.creating)
+                .ok_or_else(|| not_found(key))?;
+            if paths.is_empty() || paths.iter().any(|p| p == "labels") {
+                r.labels = labels;
+            } else {
+                for p in paths {
+                    let k = &p["labels.".len()..];
+                    match labels.get(k) {
+                        Some(v) => r.labels.insert(k.to_string(), v.clone()),
+                        None => r.labels.remove(k),
+                    };
+                }
+            }
+            r.updated = Stamp::now();
+            Ok((r.clone(), true))
+        })
+    }
+
+    /// `List`: the finished snapshots that match.
+    pub fn list(&self, ctx: &Ctx, filters: &Filters) -> Result<Vec<SnapshotRecord>> {
+        self.with_table(ctx, |t| {
+            let out = t
+                .snapshots
+                .iter()
+                .filter(|r| !r.creating && filters.matches(r))
+                .cloned()
+                .collect();
+            Ok((out, false))
+        })
+    }
+
+    /// `Usage`: the bytes the snapshot's thin device maps (for a committed
+    /// snapshot whose device is not active, what was recorded at commit).
+    pub fn usage(&self, ctx: &Ctx, key: &str) -> Result<Usage> {
+        self.usage_of_key(ctx, key)
+    }
+
+    fn usage_of_key(&self, ctx: &Ctx, key: &str) -> Result<Usage> {
+        let rec = self.get(ctx, key)?;
+        let pool = ctx.ready_pool(&self.settings.pool)?;
+        let vol = ctx.store.volume(&pool.name, &rec.volume)?;
+        if ctx.thin_device(&pool, &vol)?.is_some() {
+            let lines = ctx.dm()?.status(&ctx.thin_dm_name(&pool, &vol))?;
+            if let Some(line) = lines.first() {
+                if let ThinStatus::Active { mapped_sectors, .. } = parse_thin_status(&line.3)? {
+                    return Ok(Usage {
+                        size: mapped_sectors * SECTOR,
+                        inodes: 0,
+                    });
+                }
+            }
+        }
+        Ok(Usage {
+            size: rec.usage.unwrap_or(0),
+            inodes: 0,
+        })
+    }
+
+    /// `Cleanup`, and what a server does when it starts: drop the records
+    /// of interrupted prepares (only at start, `interrupted`), and remove
+    /// every `ctr.N` volume that no record holds.
+    pub fn sweep(&self, ctx: &Ctx, interrupted: bool) -> Result<Swept> {
+        let held: Vec<String> = self.with_table(ctx, |t| {
+            let before = t.snapshots.len();
+            if interrupted {
+                t.snapshots.retain(|r| !r.creating);
+            }
+            let held = t.snapshots.iter().map(|r| r.volume.clone()).collect();
+            Ok((held, t.snapshots.len() != before))
+        })?;
+        let mut swept = Swept::default();
+        for name in ctx.store.volume_names(&self.settings.pool)? {
+            if names::snapshot_volume_id(&name).is_none() || held.contains(&name) {
+                continue;
+            }
+            match self.remove_volume(ctx, &name) {
+                Ok(()) => swept.removed.push(name),
+                Err(_) => swept.kept.push(name),
+            }
+        }
+        Ok(swept)
+    }
+}
+
+fn find<'a>(t: &'a SnapshotTable, key: &str) -> Option<&'a SnapshotRecord> {
+    t.snapshots.iter().find(|r| r.key == key)
+}
+
+/// A snapshot number not used by any record (and so by no volume of this
+/// table's: volumes are named after their record's number).
+fn next_id(t: &mut SnapshotTable) -> u64 {
+    let max = t.snapshots.iter().map(|r| r.id + 1).max().unwrap_or(0);
+    let id = t.next_id.max(max).max(1);
+    t.next_id = id + 1;
+    id
+}
+
+/// mkfs options for the server's volumes: ext4's inode tables are not
+/// written (lazy init, and `noinit_itable` at mount); a thin device reads
+/// unwritten blocks as zeros, so a 10G filesystem costs its journal, not
+/// 160 MB of zeroed tables (containerd#6119: ~9 s per mkfs on cloud disks).
+fn mkfs_args(fs: Filesystem) -> Vec<String> {
+    match fs {
+        // mke2fs keeps only the last -E: the defaults are repeated.
+        Filesystem::Ext4 => vec![
+            "-E".into(),
+            "nodiscard,lazy_itable_init=1,lazy_journal_init=0".into(),
+        ],
+        Filesystem::Xfs => vec![],
+    }
+}
