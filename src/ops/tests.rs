@@ -12,17 +12,17 @@ use crate::store::model::{now, Backing, PoolRecord, PoolState, Transaction, TxnO
 use crate::store::Store;
 use nix::errno::Errno;
 
-const POOL: &str = "p";
+pub(crate) const POOL: &str = "p";
 const POOL_DM: &str = "dmctl+p";
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    ctx: Ctx,
-    dm: FakeDm,
+    pub(crate) ctx: Ctx,
+    pub(crate) dm: FakeDm,
 }
 
 /// A ready pool `p`, active in the fake kernel, with no volumes.
-fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path().join("root"));
     let uuid = names::new_pool_uuid();
@@ -66,7 +66,7 @@ impl Fixture {
 
     /// A committed volume `name` with thin id `id`, active (a dm device) if
     /// asked, as `create` leaves one.
-    fn add_volume(&self, name: &str, id: u32, active: bool) -> VolumeRecord {
+    pub(crate) fn add_volume(&self, name: &str, id: u32, active: bool) -> VolumeRecord {
         let mut pool = self.pool();
         let v = VolumeRecord {
             name: name.into(),
@@ -116,7 +116,7 @@ impl Fixture {
         self.dm.kernel().pools[POOL_DM].transaction_id
     }
 
-    fn kernel_ids(&self) -> Vec<u32> {
+    pub(crate) fn kernel_ids(&self) -> Vec<u32> {
         self.dm.kernel().pools[POOL_DM]
             .thin_ids
             .iter()

@@ -23,6 +23,8 @@
 //! requests wait for each other only where the kernel needs it.
 
 pub mod filter;
+#[cfg(test)]
+mod tests;
 
 use super::session::{self, Session};
 use super::volume::{self, CreateRequest};
