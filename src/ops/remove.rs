@@ -2,6 +2,8 @@
 //! protected. A layer volume goes with `image rm`; `rm --force` removes it
 //! anyway and says which images it breaks (`check` reports them, `check
 //! --repair` drops them, and importing the image again makes the layer).
+//! A volume of a containerd snapshot (`dmctl serve`) is protected the same
+//! way: it goes when containerd removes the snapshot.
 
 use super::{image, volume, Ctx};
 use crate::error::{Error, Result};
@@ -22,6 +24,13 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<RemoveReport> {
     // a pool that does not exist gets none.
     let _images = image::lock_images(ctx, &v.pool)?;
     let layer = image::layer_of_volume(ctx, &v.pool, &v.name)?;
+    if !force && snapshot_holds(ctx, v)? {
+        return Err(Error::Busy(format!(
+            "volume '{v}' holds a containerd snapshot (dmctl serve); remove it through \
+             containerd (`ctr snapshots --snapshotter dmctl rm KEY`), or `dmctl rm {v} \
+             --force`"
+        )));
+    }
     if let (Some((_, users)), false) = (&layer, force) {
         return Err(Error::Busy(if users.is_empty() {
             format!(
@@ -48,4 +57,13 @@ pub fn remove(ctx: &Ctx, v: &VolumeRef, force: bool) -> Result<RemoveReport> {
         report.broken_images = users;
     }
     Ok(report)
+}
+
+/// Whether a snapshot of `dmctl serve` holds the volume.
+fn snapshot_holds(ctx: &Ctx, v: &VolumeRef) -> Result<bool> {
+    if crate::names::snapshot_volume_id(&v.name).is_none() {
+        return Ok(false);
+    }
+    let table = ctx.store.load_snapshots(&v.pool)?;
+    Ok(table.snapshots.iter().any(|r| r.volume == v.name))
 }
