@@ -615,6 +615,11 @@ pub struct ServeArgs {
     /// Group allowed to use the socket (0660) [default: root only, 0600]
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
+    /// Warm spares to keep of each image a container started from: its
+    /// next container's root is then handed out, not made
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub spares: u16,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -235,6 +235,7 @@ pub fn serve(ctx: &Ctx, a: &super::args::ServeArgs) -> Result<i32> {
             pool: a.pool.clone(),
             fs: a.fs.filesystem(),
             size: a.size,
+            spares: usize::from(a.spares),
         },
         address: a
             .address

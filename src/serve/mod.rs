@@ -68,13 +68,19 @@ pub fn run(cfg: Config) -> Result<()> {
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
     (cfg.log)(&format!(
-        "serving pool {pool} to containerd on {} (fs {}, default size {})",
+        "serving pool {pool} to containerd on {} (fs {}, default size {}, {} spare(s) per hot parent)",
         cfg.address.display(),
         cfg.settings.fs.as_str(),
-        crate::units::format_size(cfg.settings.size)
+        crate::units::format_size(cfg.settings.size),
+        cfg.settings.spares
     ));
     let service = service::Service::new(snapshotter.clone(), cfg.root.clone(), cfg.log);
+    let hot = snapshotter.hot_parents(&ctx)?;
     let result = runtime.block_on(async {
+        // Parents that had spares are topped up again.
+        for parent in hot {
+            service.refill(parent);
+        }
         let listener =
             tokio::net::UnixListener::from_std(listener).map_err(|e| Error::io(&cfg.address, e))?;
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);

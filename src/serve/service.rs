@@ -81,12 +81,35 @@ impl Service {
         let start = Instant::now();
         let what = format!("{} {key:?} parent {parent:?}", verb(kind));
         let labels: BTreeMap<String, String> = labels.into_iter().collect();
+        let hot = self
+            .snapshotter
+            .is_hot_prepare(kind, &parent, &labels)
+            .then(|| parent.clone());
         let r = self
             .call(move |s, ctx| s.prepare(ctx, kind, &key, &parent, labels))
             .await
             .map(|m| m.into_iter().map(mount).collect());
         self.log(what, start, &r);
+        if let (Some(parent), Ok(_)) = (hot, &r) {
+            self.refill(parent);
+        }
         r
+    }
+
+    /// Make spares of a hot parent in the background.
+    pub fn refill(&self, parent: String) {
+        let (s, root, log) = (self.snapshotter.clone(), self.root.clone(), self.log);
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            match s.refill(&Ctx::new(Store::new(root)), &parent) {
+                Ok(0) => {}
+                Ok(n) => log(&format!(
+                    "{n} spare(s) of {parent:?} made ({:.1} ms)",
+                    start.elapsed().as_secs_f64() * 1000.0
+                )),
+                Err(e) => log(&format!("spares of {parent:?}: {e}")),
+            }
+        });
     }
 }
 

@@ -282,12 +282,29 @@ pub struct SnapshotRecord {
     pub committed_from: Option<String>,
 }
 
+/// A warm spare of `dmctl serve`: an active thin snapshot of a committed
+/// snapshot's volume, made ahead of time, that a Prepare on that parent
+/// takes instead of making one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSpare {
+    /// The key of the committed snapshot it is made from.
+    pub parent: String,
+    pub id: u64,
+    pub volume: String,
+    pub size: u64,
+    /// Being made (swept at start, as a creating snapshot is).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creating: bool,
+}
+
 /// Every snapshot of a pool's `dmctl serve`: one file, rewritten atomically.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotTable {
     /// The next snapshot number (never handed out twice).
     pub next_id: u64,
     pub snapshots: Vec<SnapshotRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spares: Vec<SnapshotSpare>,
 }
 
 pub fn now() -> u64 {

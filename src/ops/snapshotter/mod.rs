@@ -33,7 +33,9 @@ use crate::error::{Error, Result};
 use crate::image::oci::Digest;
 use crate::kernel::status::{parse_thin_status, ThinStatus};
 use crate::names::{self, VolumeRef};
-use crate::store::model::{Filesystem, SnapshotKind, SnapshotRecord, SnapshotTable, Stamp};
+use crate::store::model::{
+    Filesystem, SnapshotKind, SnapshotRecord, SnapshotSpare, SnapshotTable, Stamp,
+};
 use crate::units::SECTOR;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -53,6 +55,8 @@ pub struct Settings {
     /// Size of a snapshot without a parent (a child gets its parent's size
     /// unless its size label asks for more).
     pub size: u64,
+    /// Warm spares kept per hot parent (see `refill`).
+    pub spares: usize,
 }
 
 /// A mount for containerd to perform (containerd's `Mount`).
@@ -83,6 +87,8 @@ pub struct Swept {
 pub struct Snapshotter {
     settings: Settings,
     table: Mutex<()>,
+    /// Parents whose spares are being made (one refill per parent).
+    refilling: Mutex<std::collections::HashSet<String>>,
 }
 
 fn not_found(key: &str) -> Error {
@@ -94,6 +100,7 @@ impl Snapshotter {
         Snapshotter {
             settings,
             table: Mutex::new(()),
+            refilling: Mutex::new(Default::default()),
         }
     }
 
@@ -145,7 +152,7 @@ impl Snapshotter {
             })
             .transpose()?;
         let parent = (!parent.is_empty()).then(|| parent.to_string());
-        let (rec, parent_rec) = self.with_table(ctx, |t| {
+        let (rec, parent_rec, warm) = self.with_table(ctx, |t| {
             if find(t, key).is_some() {
                 return Err(Error::Exists(format!("snapshot {key:?} already exists")));
             }
@@ -170,7 +177,24 @@ impl Snapshotter {
                     Some(r.clone())
                 }
             };
-            let id = next_id(t);
+            // A warm spare of the parent, if one is ready and big enough:
+            // taking it is this one write.
+            let spare = match (&parent, kind) {
+                (Some(p), SnapshotKind::Active) => t.spares.iter().position(|sp| {
+                    &sp.parent == p && !sp.creating && size.is_none_or(|s| s <= sp.size)
+                }),
+                _ => None,
+            };
+            let (id, volume) = match spare {
+                Some(i) => {
+                    let sp = t.spares.remove(i);
+                    (sp.id, sp.volume)
+                }
+                None => {
+                    let id = next_id(t);
+                    (id, names::snapshot_volume_name(id))
+                }
+            };
             let now = Stamp::now();
             let rec = SnapshotRecord {
                 key: key.to_string(),
@@ -180,15 +204,18 @@ impl Snapshotter {
                 labels: labels.clone(),
                 created: now,
                 updated: now,
-                volume: names::snapshot_volume_name(id),
+                volume,
                 owns_volume: true,
-                creating: true,
+                creating: spare.is_none(),
                 usage: None,
                 committed_from: None,
             };
             t.snapshots.push(rec.clone());
-            Ok(((rec, parent_rec), true))
+            Ok(((rec, parent_rec, spare.is_some()), true))
         })?;
+        if warm {
+            return self.mounts_of(ctx, &rec);
+        }
         crate::crashpoint::hit("serve-prepare:recorded");
         if let Err(e) = self.make_volume(ctx, &rec, parent_rec.as_ref(), size) {
             // The volume operations undid their own part; drop the record.
@@ -321,6 +348,109 @@ impl Snapshotter {
         Ok(true)
     }
 
+    /// Parents that have spares (to top up when a server starts).
+    pub fn hot_parents(&self, ctx: &Ctx) -> Result<Vec<String>> {
+        if self.settings.spares == 0 {
+            return Ok(vec![]);
+        }
+        self.with_table(ctx, |t| {
+            let mut out: Vec<String> = t.spares.iter().map(|sp| sp.parent.clone()).collect();
+            out.sort();
+            out.dedup();
+            Ok((out, false))
+        })
+    }
+
+    /// Whether a Prepare makes `parent` a hot parent, whose spares are
+    /// kept: a container's root (an active snapshot without the unpacker's
+    /// layer label) on a committed parent, with spares asked for.
+    pub fn is_hot_prepare(
+        &self,
+        kind: SnapshotKind,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        self.settings.spares > 0
+            && kind == SnapshotKind::Active
+            && !parent.is_empty()
+            && !labels.contains_key(REF_LABEL)
+    }
+
+    /// Make spares of `parent` until it has `Settings::spares` of them: each
+    /// an active thin snapshot of the parent's volume, recorded `creating`
+    /// first (a start-up sweep drops an unfinished one). Returns how many
+    /// were made. One refill per parent at a time; a failure ends it.
+    pub fn refill(&self, ctx: &Ctx, parent: &str) -> Result<usize> {
+        {
+            let mut busy = self.refilling.lock().unwrap_or_else(|e| e.into_inner());
+            if !busy.insert(parent.to_string()) {
+                return Ok(0);
+            }
+        }
+        let made = self.refill_unlocked(ctx, parent);
+        self.refilling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(parent);
+        made
+    }
+
+    fn refill_unlocked(&self, ctx: &Ctx, parent: &str) -> Result<usize> {
+        let pool = &self.settings.pool;
+        let mut made = 0;
+        loop {
+            let next = self.with_table(ctx, |t| {
+                let have = t.spares.iter().filter(|sp| sp.parent == parent).count();
+                let p =
+                    find(t, parent).filter(|r| r.kind == SnapshotKind::Committed && !r.creating);
+                let Some(p) = p.cloned() else {
+                    return Ok((None, false));
+                };
+                if have >= self.settings.spares {
+                    return Ok((None, false));
+                }
+                let id = next_id(t);
+                let volume = names::snapshot_volume_name(id);
+                t.spares.push(SnapshotSpare {
+                    parent: parent.to_string(),
+                    id,
+                    volume: volume.clone(),
+                    size: 0,
+                    creating: true,
+                });
+                Ok((Some((p, id, volume)), true))
+            })?;
+            let Some((p, id, volume)) = next else {
+                return Ok(made);
+            };
+            let made_one = (|| {
+                let Session {
+                    lock: _lock,
+                    pool: mut pool_rec,
+                    device,
+                } = session::open(ctx, pool)?;
+                let origin = VolumeRef::new(pool, &p.volume)?;
+                let new = VolumeRef::new(pool, &volume)?;
+                volume::snapshot_locked(ctx, &mut pool_rec, &device, &origin, &new, None, true)
+                    .map(|(v, _)| v.size)
+            })();
+            self.with_table(ctx, |t| {
+                match &made_one {
+                    Ok(size) => {
+                        if let Some(sp) = t.spares.iter_mut().find(|sp| sp.id == id) {
+                            sp.creating = false;
+                            sp.size = *size;
+                        }
+                    }
+                    Err(_) => t.spares.retain(|sp| sp.id != id),
+                }
+                Ok(((), true))
+            })?;
+            made_one?;
+            made += 1;
+        }
+    }
+
     /// `Mounts`: how to mount an active snapshot or a view.
     pub fn mounts(&self, ctx: &Ctx, key: &str) -> Result<Vec<MountSpec>> {
         let rec = self.get(ctx, key)?;
@@ -433,8 +563,17 @@ impl Snapshotter {
                 )));
             }
             t.snapshots.retain(|c| c.id != r.id);
-            Ok((r, true))
+            // Its spares go with it (their volumes below, or by a sweep).
+            let spares: Vec<String> = t
+                .spares
+                .iter()
+                .filter(|sp| sp.parent == key)
+                .map(|sp| sp.volume.clone())
+                .collect();
+            t.spares.retain(|sp| sp.parent != key);
+            Ok(((r, spares), true))
         })?;
+        let (rec, spares) = rec;
         crate::crashpoint::hit("serve-remove:unrecorded");
         if rec.owns_volume {
             if let Err(e) = self.remove_volume(ctx, &rec.volume) {
@@ -443,6 +582,10 @@ impl Snapshotter {
                     rec.volume
                 ));
             }
+        }
+        for v in spares {
+            // A failure leaves an orphan for the sweep.
+            let _ = self.remove_volume(ctx, &v);
         }
         Ok(())
     }
@@ -550,12 +693,18 @@ impl Snapshotter {
     /// every `ctr.N` volume that no record holds.
     pub fn sweep(&self, ctx: &Ctx, interrupted: bool) -> Result<Swept> {
         let held: Vec<String> = self.with_table(ctx, |t| {
-            let before = t.snapshots.len();
+            let before = (t.snapshots.len(), t.spares.len());
             if interrupted {
                 t.snapshots.retain(|r| !r.creating);
+                t.spares.retain(|sp| !sp.creating);
             }
-            let held = t.snapshots.iter().map(|r| r.volume.clone()).collect();
-            Ok((held, t.snapshots.len() != before))
+            let held = t
+                .snapshots
+                .iter()
+                .map(|r| r.volume.clone())
+                .chain(t.spares.iter().map(|sp| sp.volume.clone()))
+                .collect();
+            Ok((held, (t.snapshots.len(), t.spares.len()) != before))
         })?;
         let mut swept = Swept::default();
         for name in ctx.store.volume_names(&self.settings.pool)? {
@@ -578,7 +727,13 @@ fn find<'a>(t: &'a SnapshotTable, key: &str) -> Option<&'a SnapshotRecord> {
 /// A snapshot number not used by any record (and so by no volume of this
 /// table's: volumes are named after their record's number).
 fn next_id(t: &mut SnapshotTable) -> u64 {
-    let max = t.snapshots.iter().map(|r| r.id + 1).max().unwrap_or(0);
+    let max = t
+        .snapshots
+        .iter()
+        .map(|r| r.id + 1)
+        .chain(t.spares.iter().map(|sp| sp.id + 1))
+        .max()
+        .unwrap_or(0);
     let id = t.next_id.max(max).max(1);
     t.next_id = id + 1;
     id

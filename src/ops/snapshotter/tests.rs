@@ -7,7 +7,9 @@
 use super::{Settings, Snapshotter, REF_LABEL};
 use crate::error::Error;
 use crate::ops::tests::{fixture, Fixture, POOL};
-use crate::store::model::{Filesystem, SnapshotKind, SnapshotRecord, SnapshotTable, Stamp};
+use crate::store::model::{
+    Filesystem, SnapshotKind, SnapshotRecord, SnapshotSpare, SnapshotTable, Stamp,
+};
 use std::collections::BTreeMap;
 
 fn snapshotter() -> Snapshotter {
@@ -15,6 +17,7 @@ fn snapshotter() -> Snapshotter {
         pool: POOL.into(),
         fs: Filesystem::Ext4,
         size: 64 << 20,
+        spares: 2,
     })
 }
 
@@ -46,6 +49,7 @@ fn with_table(f: &Fixture) -> SnapshotTable {
             record("a", 2, SnapshotKind::Active, Some("base")),
             record("v", 3, SnapshotKind::View, Some("base")),
         ],
+        spares: vec![],
     };
     for r in &t.snapshots {
         f.add_volume(&r.volume, r.id as u32, false);
@@ -259,4 +263,63 @@ fn list_applies_containerds_filters() {
         ["base"]
     );
     assert_eq!(q(&["kind==view", "kind==committed"]), ["base", "v"]);
+}
+
+/// A Prepare on a parent with a ready spare takes it: one table write, no
+/// kernel message; the spare's volume is the snapshot's, and spares are
+/// kept by sweeps and go with their parent.
+#[test]
+fn a_prepare_takes_a_ready_spare_without_kernel_work() {
+    let f = fixture();
+    let mut t = with_table(&f);
+    f.add_volume("ctr.4", 4, true);
+    f.add_volume("ctr.5", 5, false);
+    t.spares = vec![
+        SnapshotSpare {
+            parent: "base".into(),
+            id: 4,
+            volume: "ctr.4".into(),
+            size: 64 << 20,
+            creating: false,
+        },
+        SnapshotSpare {
+            parent: "base".into(),
+            id: 5,
+            volume: "ctr.5".into(),
+            size: 64 << 20,
+            creating: true,
+        },
+    ];
+    t.next_id = 6;
+    f.ctx.store.save_snapshots(POOL, &t).unwrap();
+    let s = snapshotter();
+    assert!(s.is_hot_prepare(SnapshotKind::Active, "base", &BTreeMap::new()));
+    let unpack = labels(&[(REF_LABEL, "sha256:aa")]);
+    assert!(!s.is_hot_prepare(SnapshotKind::Active, "base", &unpack));
+    let calls = f.dm.kernel().calls.len();
+    let mounts = s
+        .prepare(&f.ctx, SnapshotKind::Active, "job", "base", BTreeMap::new())
+        .unwrap();
+    assert_eq!(mounts.len(), 1);
+    let messages: Vec<String> = f.dm.kernel().calls[calls..]
+        .iter()
+        .filter(|c| c.starts_with("message"))
+        .cloned()
+        .collect();
+    assert!(
+        messages.is_empty(),
+        "no thin message for a warm prepare: {messages:?}"
+    );
+    let job = s.stat(&f.ctx, "job").unwrap();
+    assert_eq!((job.volume.as_str(), job.creating), ("ctr.4", false));
+    let t = f.ctx.store.load_snapshots(POOL).unwrap();
+    assert_eq!(
+        t.spares.len(),
+        1,
+        "the one being made stays: {:?}",
+        t.spares
+    );
+    // Sweeps keep spares' volumes; a start drops the unfinished one.
+    assert!(s.sweep(&f.ctx, false).unwrap().kept.is_empty());
+    assert_eq!(s.sweep(&f.ctx, true).unwrap().kept, ["ctr.5"]);
 }
