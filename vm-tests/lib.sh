@@ -146,6 +146,136 @@ ensure_base_cpio() {
     echo "$out"
 }
 
+# The containerd tests (tests/dm_containerd.rs) need, in the guest: containerd,
+# its client and runc shim, runc; containerd's snapshotter conformance suite
+# (vm-tests/containerd, a static Go test binary); a tiny image to import. All
+# of it is one more cpio archive (containerd.cpio, ~110 MB, cached), appended
+# to the initrd of jobs that run the tests (PARTS "tests"), with
+# /etc/dmctl-vm/containerd.env, which guest-init.sh sources before the job:
+#   DMCTL_CONTAINERD_SUITE      the suite binary (run it with DMCTL_BIN=dmctl)
+#   DMCTL_CONTAINERD_IMAGE      a docker-archive tar for `ctr images import`
+#   DMCTL_CONTAINERD_IMAGE_REF  the image's name in it
+CONTAINERD_PROGRAMS="/usr/bin/containerd /usr/bin/ctr /usr/bin/containerd-shim-runc-v2
+/usr/sbin/runc /usr/bin/runc"
+GUEST_CONTAINERD_DIR=/opt/dmctl-containerd
+CONTAINERD_IMAGE_REF=docker.io/library/dmctl-test:latest
+# The line the image's second layer writes to /etc/dmctl-test.
+CONTAINERD_IMAGE_LINE="dmctl-test layer 2"
+
+# Build (or reuse) containerd's snapshotter conformance suite against
+# `dmctl serve` (vm-tests/containerd/suite_test.go) as a static test binary;
+# print its path. Offline: Go in GOPATH mode over Debian's
+# golang-github-containerd-containerd-dev in /usr/share/gocode. Cached by the
+# Go source, the Go version and this function. ~50 s with a cold Go build
+# cache (in $DMCTL_VM_CACHE/go-build unless GOCACHE is set), ~15 s warm.
+ensure_containerd_suite() {
+    local key out gopath pkg
+    command -v go >/dev/null || die "go not found (run vm-tests/install-deps)"
+    [ -d /usr/share/gocode/src/github.com/containerd/containerd/snapshots/testsuite ] ||
+        die "containerd's Go source is missing (run vm-tests/install-deps)"
+    mkdir -p "$DMCTL_VM_CACHE"
+    key=$({ cat "$VM_DIR"/containerd/*.go; go version; declare -f ensure_containerd_suite; } |
+        sha256sum | cut -c1-16)
+    out="$DMCTL_VM_CACHE/containerd-suite-$key.test"
+    if [ -x "$out" ]; then echo "$out"; return; fi
+    log "building containerd's snapshotter conformance suite (go test -c, offline)"
+    gopath=$(mktemp -d)
+    pkg="$gopath/src/dmctl-containerd-suite"
+    mkdir -p "$pkg"
+    cp "$VM_DIR"/containerd/*.go "$pkg/"
+    if ! (cd "$pkg" && CGO_ENABLED=0 GO111MODULE=off GOPROXY=off GOFLAGS='' \
+        GOPATH="$gopath:/usr/share/gocode" GOCACHE="${GOCACHE:-$DMCTL_VM_CACHE/go-build}" \
+        go test -c -o "$out.tmp" . >&2); then
+        rm -rf "$gopath" "$out.tmp"
+        die "building the containerd suite failed"
+    fi
+    rm -rf "$gopath"
+    mv "$out.tmp" "$out"
+    echo "$out"
+}
+
+# Build (or reuse) the containerd tests' image, $CONTAINERD_IMAGE_REF, as a
+# docker-archive tar (skopeo's layout) for `ctr images import`; print its
+# path. Two layers: a static busybox with the /bin links a test needs,
+# /etc/passwd and /etc/group; then /etc/dmctl-test ($CONTAINERD_IMAGE_LINE).
+# Config: cmd /bin/sh. Made offline with umoci and skopeo, a few seconds.
+ensure_containerd_image() {
+    local key out work bb a img
+    bb=$(command -v busybox)
+    file -L "$bb" | grep -q 'statically linked' ||
+        die "busybox is not static (install busybox-static)"
+    mkdir -p "$DMCTL_VM_CACHE"
+    key=$({ declare -f ensure_containerd_image; echo "$CONTAINERD_IMAGE_REF $CONTAINERD_IMAGE_LINE"
+        sha256sum <"$bb"; umoci --version; skopeo --version; } | sha256sum | cut -c1-16)
+    out="$DMCTL_VM_CACHE/containerd-image-$key.tar"
+    if [ -f "$out" ]; then echo "$out"; return; fi
+    log "building the containerd test image $CONTAINERD_IMAGE_REF"
+    work=$(mktemp -d)
+    mkdir -p "$work"/l1/{bin,etc,dev,proc,sys,tmp,root} "$work"/l2/etc
+    cp "$bb" "$work/l1/bin/busybox"
+    for a in sh echo cat ls true false sleep mkdir touch rm cp mv ln test [ env id \
+        stat head tail wc sync mount umount grep sed sha256sum dd df du ps kill; do
+        ln -s busybox "$work/l1/bin/$a"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' \
+        >"$work/l1/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$work/l1/etc/group"
+    chmod 1777 "$work/l1/tmp"
+    chmod 0700 "$work/l1/root"
+    echo "$CONTAINERD_IMAGE_LINE" >"$work/l2/etc/dmctl-test"
+    for a in l1 l2; do
+        tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
+            -C "$work/$a" -cf "$work/$a.tar" .
+    done
+    img="$work/oci:latest"
+    {
+        umoci init --layout "$work/oci" &&
+            umoci new --image "$img" &&
+            umoci raw add-layer --image "$img" "$work/l1.tar" &&
+            umoci raw add-layer --image "$img" "$work/l2.tar" &&
+            umoci config --image "$img" --config.cmd /bin/sh \
+                --config.env PATH=/usr/sbin:/usr/bin:/sbin:/bin --config.workingdir / &&
+            skopeo --insecure-policy copy -q "oci:$img" \
+                "docker-archive:$out.tmp:$CONTAINERD_IMAGE_REF"
+    } >&2 || { rm -rf "$work" "$out.tmp"; die "building the containerd test image failed"; }
+    rm -rf "$work"
+    mv "$out.tmp" "$out"
+    echo "$out"
+}
+
+# Build (or reuse) the containerd cpio (see CONTAINERD_PROGRAMS); print its
+# path. Cached by the programs (size, mtime), the suite, the image and this
+# function.
+ensure_containerd_cpio() {
+    local suite image key out stage p
+    # In a command substitution errexit is off: exit on failure by hand.
+    suite=$(ensure_containerd_suite) || exit 1
+    image=$(ensure_containerd_image) || exit 1
+    for p in $CONTAINERD_PROGRAMS; do
+        [ -e "$p" ] || die "missing program $p (run vm-tests/install-deps)"
+    done
+    # shellcheck disable=SC2086 # word splitting of the list is wanted
+    key=$({ declare -f ensure_containerd_cpio stage_binary; echo "$suite $image $GUEST_CONTAINERD_DIR"
+        stat -L -c '%n %s %Y' $CONTAINERD_PROGRAMS; } | sha256sum | cut -c1-16)
+    out="$DMCTL_VM_CACHE/containerd-$key.cpio"
+    if [ -f "$out" ]; then echo "$out"; return; fi
+    log "building the containerd initramfs part"
+    stage=$(mktemp -d)
+    for p in $CONTAINERD_PROGRAMS; do stage_binary "$stage" "$p"; done
+    mkdir -p "$stage$GUEST_CONTAINERD_DIR" "$stage/etc/dmctl-vm"
+    cp "$suite" "$stage$GUEST_CONTAINERD_DIR/snapshots-suite.test"
+    cp "$image" "$stage$GUEST_CONTAINERD_DIR/image.tar"
+    {
+        echo "export DMCTL_CONTAINERD_SUITE=$GUEST_CONTAINERD_DIR/snapshots-suite.test"
+        echo "export DMCTL_CONTAINERD_IMAGE=$GUEST_CONTAINERD_DIR/image.tar"
+        echo "export DMCTL_CONTAINERD_IMAGE_REF=$CONTAINERD_IMAGE_REF"
+    } >"$stage/etc/dmctl-vm/containerd.env"
+    make_cpio "$stage" "$out.tmp"
+    mv "$out.tmp" "$out"
+    rm -rf "$stage"
+    echo "$out"
+}
+
 # has_part PARTS WORD: true if the space-separated PARTS contains WORD.
 has_part() { [[ " $1 " == *" $2 "* ]]; }
 
@@ -318,7 +448,7 @@ power_cut_test() {
     rm -f "$disk" && truncate -s 8G "$disk"
     log "power-cut test $t${seed:+ (seed $seed)}: phase 1"
     rc=0
-    boot_guest "$INITRD" "$work/cut1.log" "$disk" "$args dmctl.phase=1" || rc=$?
+    boot_guest "${INITRD_LEAN:-$INITRD}" "$work/cut1.log" "$disk" "$args dmctl.phase=1" || rc=$?
     : >"$work/cut2.log"
     if [ "$rc" -ne 0 ] || ! grep -q '^DMCTL-VM-POWERCUT' "$work/cut1.log"; then
         log "power-cut test $t: phase 1 did not reach the power cut"
@@ -326,7 +456,7 @@ power_cut_test() {
     else
         log "power-cut test $t: phase 2, booting again on the same disk"
         rc=0
-        boot_guest "$INITRD" "$work/cut2.log" "$disk" "$args dmctl.phase=2" || rc=$?
+        boot_guest "${INITRD_LEAN:-$INITRD}" "$work/cut2.log" "$disk" "$args dmctl.phase=2" || rc=$?
         read -r p f < <(sum_results "$work/cut2.log")
         [ "$rc" -eq 0 ] && [ "$p" -ge 1 ] && [ "$f" -eq 0 ] || ok=0
     fi
@@ -387,17 +517,29 @@ power_cuts_summary() {
 
 # prepare_guest JOB [PARTS]: everything up to a bootable initrd in $INITRD.
 # PARTS says what the job needs besides dmctl: "examples" (the benchmark
-# drivers), "tests" (the dm_* test binaries); default both. The demo needs
-# neither: prepare_guest JOB "".
+# drivers), "tests" (the dm_* test binaries, and containerd with its suite
+# and test image for tests/dm_containerd.rs); default both. The demo needs
+# neither: prepare_guest JOB "". With containerd, INITRD_LEAN is the same
+# initrd without it (~110 MB, ~3 s less per boot), for the power-cut tests'
+# many boots; remove both when done ("${INITRD_LEAN:-}" may be empty).
 prepare_guest() {
-    local job=$1 parts=${2-examples tests} tests
+    local job=$1 parts=${2-examples tests} tests extra=() ccpio
     KERNEL_DIR=$(ensure_kernel)
     BASE_CPIO=$(ensure_base_cpio "$KERNEL_DIR")
+    if has_part "$parts" tests; then
+        ccpio=$(ensure_containerd_cpio)
+        extra+=("$ccpio")
+    fi
     tests=$(mktemp)
     build_project "$tests" "$parts"
     TEST_BINARIES=$(cat "$tests")
     PROJECT_CPIO=$(build_project_cpio "$job" "$tests" "$parts")
     INITRD=$(mktemp --suffix=.initrd)
-    cat "$BASE_CPIO" "$PROJECT_CPIO" >"$INITRD"
+    cat "$BASE_CPIO" "${extra[@]}" "$PROJECT_CPIO" >"$INITRD"
+    INITRD_LEAN=
+    if [ "${#extra[@]}" -gt 0 ]; then
+        INITRD_LEAN=$(mktemp --suffix=.initrd)
+        cat "$BASE_CPIO" "$PROJECT_CPIO" >"$INITRD_LEAN"
+    fi
     rm -f "$tests" "$PROJECT_CPIO"
 }
