@@ -295,8 +295,8 @@ impl Fixture {
 /// containerd's snapshotter test suite, every test, against `dmctl serve`
 /// (a fresh pool and server per test, as the suite asks).
 #[test]
-fn containerd_snapshotter_conformance_suite_passes() {
-    require_dm!("containerd_snapshotter_conformance_suite_passes");
+fn serve_passes_containerds_snapshotter_conformance_suite() {
+    require_dm!("serve_passes_containerds_snapshotter_conformance_suite");
     let suite = env("DMCTL_CONTAINERD_SUITE");
     let root = tempfile::Builder::new().prefix("suite-").tempdir().unwrap();
     let started = Instant::now();
@@ -332,8 +332,8 @@ fn containerd_snapshotter_conformance_suite_passes() {
 /// committed and run again; containerd and the server restart with their
 /// state; a size label sizes a container's root.
 #[test]
-fn ctr_runs_containers_on_a_dmctl_pool_across_restarts() {
-    require_dm!("ctr_runs_containers_on_a_dmctl_pool_across_restarts");
+fn serve_runs_ctr_containers_across_restarts() {
+    require_dm!("serve_runs_ctr_containers_across_restarts");
     let image = env("DMCTL_CONTAINERD_IMAGE");
     let reference = env("DMCTL_CONTAINERD_IMAGE_REF");
     let f = Fixture::new();
@@ -474,8 +474,8 @@ fn ctr_runs_containers_on_a_dmctl_pool_across_restarts() {
 /// Layers that `dmctl image import` holds are adopted by containerd's
 /// unpacker instead of being unpacked again, and a container runs on them.
 #[test]
-fn containerd_adopts_layers_imported_by_dmctl() {
-    require_dm!("containerd_adopts_layers_imported_by_dmctl");
+fn serve_lets_containerd_adopt_layers_imported_by_dmctl() {
+    require_dm!("serve_lets_containerd_adopt_layers_imported_by_dmctl");
     let image = env("DMCTL_CONTAINERD_IMAGE");
     let reference = env("DMCTL_CONTAINERD_IMAGE_REF");
     let f = Fixture::new();
@@ -523,8 +523,8 @@ fn containerd_adopts_layers_imported_by_dmctl() {
 
 /// Twenty Prepares at once on one parent: distinct, complete devices.
 #[test]
-fn twenty_parallel_prepares_get_distinct_devices() {
-    require_dm!("twenty_parallel_prepares_get_distinct_devices");
+fn serve_gives_twenty_parallel_prepares_distinct_devices() {
+    require_dm!("serve_gives_twenty_parallel_prepares_distinct_devices");
     let f = Fixture::new();
     let serve = f.serve(None);
     let ctd = f.containerd();
@@ -568,8 +568,8 @@ fn twenty_parallel_prepares_get_distinct_devices() {
 /// server started again repairs what was left, containerd's view and
 /// dmctl's agree, and the request asked again succeeds.
 #[test]
-fn server_killed_at_every_crash_point_recovers_on_restart() {
-    require_dm!("server_killed_at_every_crash_point_recovers_on_restart");
+fn serve_killed_at_every_crash_point_recovers_on_restart() {
+    require_dm!("serve_killed_at_every_crash_point_recovers_on_restart");
     let f = Fixture::new();
     let ctd = f.containerd();
     let serve = f.serve(None);
