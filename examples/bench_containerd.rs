@@ -164,7 +164,12 @@ fn devmapper_pool(work: &Path) -> Result<String> {
     let meta = work.join("devmapper-meta.img");
     fs::File::create(&data)?.set_len(POOL_BYTES)?;
     fs::File::create(&meta)?.set_len(64 << 20)?;
-    let losetup = |f: &Path| run(Command::new("losetup").args(["-f", "--show", s(f)]));
+    // busybox's losetup: the first free device, then attach (no --show).
+    let losetup = |f: &Path| -> Result<String> {
+        let dev = run(Command::new("losetup").arg("-f"))?.trim().to_string();
+        run(Command::new("losetup").args([dev.as_str(), s(f)]))?;
+        Ok(dev)
+    };
     let data_dev = losetup(&data)?.trim().to_string();
     let meta_dev = losetup(&meta)?.trim().to_string();
     let name = "bench-devmapper-pool".to_string();

@@ -108,6 +108,10 @@ impl Serve {
         self.log_text()
     }
 
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// Wait for the server to die (at a crash point).
     fn wait_dead(mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -173,8 +177,22 @@ impl Containerd {
             .expect("run ctr")
     }
 
+    /// `ctr ARGS`, asked again while containerd has not reconnected to a
+    /// restarted server (it does on its own, with backoff; until then its
+    /// requests fail "unavailable").
+    fn ctr_reconnecting(&self, args: &[&str]) -> Output {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.ctr(args);
+            if !text(&out).contains("unavailable") || Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
+        let out = self.ctr_reconnecting(args);
         assert!(
             out.status.success(),
             "ctr {args:?} failed ({}): {}\ncontainerd log tail: {}",
@@ -338,6 +356,10 @@ fn serve_runs_ctr_containers_across_restarts() {
     let reference = env("DMCTL_CONTAINERD_IMAGE_REF");
     let f = Fixture::new();
     let serve = f.serve(None);
+    let other = f.dir.path().join("second.sock");
+    let second = f.d.fails(&["serve", POOL, "--address", s(&other)]);
+    assert!(second.contains("already served"), "a second server: {second}");
+    assert!(!other.exists(), "the refused server made no socket");
     let ctd = f.containerd();
     let plugins = ctd.ok(&["plugins", "ls"]);
     assert!(
@@ -392,7 +414,7 @@ fn serve_runs_ctr_containers_across_restarts() {
         "-c",
         "echo persisted > /data",
     ]);
-    ctd.ok(&["containers", "rm", "c2"]);
+    ctd.ok(&["containers", "rm", "--keep-snapshot", "c2"]);
     ctd.ok(&snap_args(&["commit", "c2-committed", "c2"]));
     ctd.ok(&snap_args(&["prepare", "c3", "c2-committed"]));
     let rootfs = f.dir.path().join("c3-rootfs");
@@ -472,24 +494,49 @@ fn serve_runs_ctr_containers_across_restarts() {
 }
 
 /// Layers that `dmctl image import` holds are adopted by containerd's
-/// unpacker instead of being unpacked again, and a container runs on them.
+/// unpacker instead of being unpacked again: the suite binary's
+/// TestUnpackerAdoptsLayers does, through the real containerd, what the
+/// unpacker does for each layer on a pull (Prepare with the layer's
+/// ChainID label, AlreadyExists, containerd links the committed snapshot).
+/// Then `ctr images import` finds every layer unpacked, and a container runs
+/// on the adopted layers.
 #[test]
 fn serve_lets_containerd_adopt_layers_imported_by_dmctl() {
     require_dm!("serve_lets_containerd_adopt_layers_imported_by_dmctl");
+    let suite = env("DMCTL_CONTAINERD_SUITE");
     let image = env("DMCTL_CONTAINERD_IMAGE");
     let reference = env("DMCTL_CONTAINERD_IMAGE_REF");
     let f = Fixture::new();
-    f.d.ok(&["image", "import", POOL, &image, "--size", "512M"]);
-    let before: Vec<String> = snapshot_volumes(&f.d);
+    f.d.ok(&[
+        "image", "import", POOL, &image, "--name", "adopt", "--size", "512M",
+    ]);
+    let chains: Vec<String> = f.d.json(&["image", "inspect", POOL, "adopt"])["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["chain_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(chains.len(), 2);
     let serve = f.serve(None);
     let ctd = f.containerd();
-    ctd.ok(&["images", "import", "--snapshotter", "dmctl", &image]);
+    let out = Command::new(&suite)
+        .args(["-test.run", "TestUnpackerAdoptsLayers", "-test.v"])
+        .env("DMCTL_ADOPT_CONTAINERD", &ctd.sock)
+        .env("DMCTL_ADOPT_CHAINS", chains.join(","))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && text(&out).contains("--- PASS: TestUnpackerAdoptsLayers"),
+        "adoption through containerd: {}\nserve: {}",
+        text(&out),
+        serve.log_text()
+    );
     let t = table(&f.d);
     let adopted: Vec<_> = t.iter().filter(|r| r.2.starts_with("layer-")).collect();
     assert_eq!(adopted.len(), 2, "both layers adopted: {t:?}");
-    assert_eq!(
-        snapshot_volumes(&f.d),
-        before,
+    ctd.ok(&["images", "import", "--snapshotter", "dmctl", &image]);
+    assert!(
+        snapshot_volumes(&f.d).is_empty(),
         "no layer unpacked again: {t:?}"
     );
     let out = ctd.ok(&[
@@ -503,21 +550,18 @@ fn serve_lets_containerd_adopt_layers_imported_by_dmctl() {
         "/etc/dmctl-test",
     ]);
     assert!(!out.trim().is_empty(), "output: {out}");
-    ctd.ok(&["images", "rm", "--sync", &reference]);
     ctd.stop();
     let log = serve.stop();
-    // Removing the adopted snapshots leaves the layers to `image rm`.
-    let layers = f.d.json(&["ls", POOL]);
-    let layer_vols = layers
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|v| v["name"].as_str().unwrap().starts_with("layer-"))
-        .count();
-    assert_eq!(
-        layer_vols, 2,
-        "the image's layers are kept: {layers}; serve: {log}"
-    );
+    // The adopted snapshots' volumes are the image's layers, kept for
+    // `dmctl image rm`.
+    let layer_vols =
+        f.d.json(&["ls", POOL])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["name"].as_str().unwrap().starts_with("layer-"))
+            .count();
+    assert_eq!(layer_vols, 2, "serve: {log}");
     agree(&f.d);
 }
 
@@ -585,8 +629,15 @@ fn serve_killed_at_every_crash_point_recovers_on_restart() {
         ("serve-remove:unrecorded", &["rm", "c5"]),
     ];
     for (point, args) in cases {
-        let serve = f.serve(Some(point));
-        let out = ctd.ctr(&snap_args(args));
+        let mut serve = f.serve(Some(point));
+        // Until containerd has reconnected, the request does not reach the
+        // server; once it does, the server dies at the point.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut out = ctd.ctr(&snap_args(args));
+        while serve.alive() && text(&out).contains("unavailable") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            out = ctd.ctr(&snap_args(args));
+        }
         let status = serve.wait_dead();
         assert!(
             !status.success(),
@@ -596,8 +647,9 @@ fn serve_killed_at_every_crash_point_recovers_on_restart() {
         let serve = f.serve(None);
         // Asked again (containerd saw an error), the request succeeds; a
         // commit or remove the server finished before it died is found done
-        // or absent.
-        let again = ctd.ctr(&snap_args(args));
+        // or absent. containerd reconnects to the proxy on its own, with
+        // backoff: until it has, requests fail "unavailable".
+        let again = ctd.ctr_reconnecting(&snap_args(args));
         match args[0] {
             "rm" => assert!(
                 again.status.success() || text(&again).contains("not found"),

@@ -518,7 +518,8 @@ power_cuts_summary() {
 # prepare_guest JOB [PARTS]: everything up to a bootable initrd in $INITRD.
 # PARTS says what the job needs besides dmctl: "examples" (the benchmark
 # drivers), "tests" (the dm_* test binaries, and containerd with its suite
-# and test image for tests/dm_containerd.rs); default both. The demo needs
+# and test image for tests/dm_containerd.rs), "containerd" (containerd
+# without the tests, for vm-tests/bench-containerd); default examples and tests. The demo needs
 # neither: prepare_guest JOB "". With containerd, INITRD_LEAN is the same
 # initrd without it (~110 MB, ~3 s less per boot), for the power-cut tests'
 # many boots; remove both when done ("${INITRD_LEAN:-}" may be empty).
@@ -526,7 +527,7 @@ prepare_guest() {
     local job=$1 parts=${2-examples tests} tests extra=() ccpio
     KERNEL_DIR=$(ensure_kernel)
     BASE_CPIO=$(ensure_base_cpio "$KERNEL_DIR")
-    if has_part "$parts" tests; then
+    if has_part "$parts" tests || has_part "$parts" containerd; then
         ccpio=$(ensure_containerd_cpio)
         extra+=("$ccpio")
     fi

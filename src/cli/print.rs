@@ -468,6 +468,9 @@ pub fn check(r: &CheckReport) -> std::io::Result<()> {
     for b in &r.broken_images {
         outln!("broken image: {b}")?;
     }
+    for b in &r.broken_snapshots {
+        outln!("broken containerd snapshot: {b}")?;
+    }
     Ok(())
 }
 

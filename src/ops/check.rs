@@ -28,6 +28,8 @@ pub struct CheckReport {
     pub corrupt_files: Vec<String>,
     /// Images with a missing layer: `IMAGE: layer N of M (VOLUME) is missing`.
     pub broken_images: Vec<String>,
+    /// containerd snapshots (`dmctl serve`) whose volume is missing.
+    pub broken_snapshots: Vec<String>,
     /// What --repair did.
     pub repaired: Vec<String>,
     pub clean: bool,
@@ -54,6 +56,7 @@ fn examine(ctx: &Ctx, pool: &PoolRecord) -> Result<CheckReport> {
         .into_iter()
         .map(|(img, what)| format!("{}: {what}", img.reference))
         .collect();
+    r.broken_snapshots = super::snapshotter::broken(ctx, &pool.name)?;
     r.orphan_ids = kernel_ids
         .iter()
         .copied()
@@ -72,6 +75,7 @@ fn examine(ctx: &Ctx, pool: &PoolRecord) -> Result<CheckReport> {
         && r.duplicate_ids.is_empty()
         && r.corrupt_files.is_empty()
         && r.broken_images.is_empty()
+        && r.broken_snapshots.is_empty()
         && r.open_transaction.is_none()
         && r.kernel_transaction_id == r.recorded_transaction_id;
     Ok(r)
@@ -161,6 +165,23 @@ pub fn check(ctx: &Ctx, pool: &str, repair: bool) -> Result<CheckReport> {
             "dropped image {} ({what}; import it again to get it back)",
             img.reference
         ));
+    }
+    if !found.broken_snapshots.is_empty() {
+        // The server keeps the table under its own lock while it runs.
+        match ctx.store.lock_server(&rec.name) {
+            Ok(_server) => {
+                for key in super::snapshotter::forget_broken(ctx, &rec.name)? {
+                    repaired.push(format!(
+                        "dropped containerd snapshot {key:?}, whose volume is missing"
+                    ));
+                }
+            }
+            Err(_) => repaired.push(
+                "containerd snapshots with a missing volume kept: `dmctl serve` is running \
+                 on the pool (stop it, then check --repair)"
+                    .into(),
+            ),
+        }
     }
     if found.kernel_transaction_id != rec.transaction_id {
         repaired.push(format!(

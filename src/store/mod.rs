@@ -8,6 +8,7 @@
 //!   locks/images/POOL.lock   flock: held by image commands (taken first)
 //!   locks/POOL.serve.lock    flock: held by the pool's `dmctl serve` while it runs
 //!   tmp/                     private mount point of `resize`'s grow tool
+//!   tmp/POOL+NAME/           scratch mount of a new snapshot of `dmctl serve`
 //!   pools/POOL/pool.json     PoolRecord
 //!   pools/POOL/txn.json      Transaction, only while one is open
 //!   pools/POOL/claim.json    Claim of a warm spare, only while one is open
@@ -166,6 +167,14 @@ impl Store {
     /// A private scratch directory (the grow tool's mount point).
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// A scratch mount point for volume `name` of `pool` (made 0700 by the
+    /// caller, removed after use).
+    pub fn scratch_mountpoint(&self, pool: &str, name: &str) -> Result<PathBuf> {
+        validate_name("pool", pool)?;
+        validate_name("volume", name)?;
+        Ok(self.tmp_dir().join(format!("{pool}+{name}")))
     }
 
     /// Sum of the sizes of the pool's volumes.

@@ -29,6 +29,8 @@ import (
 	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/snapshots"
 	"github.com/containerd/containerd/snapshots/proxy"
 	"github.com/containerd/containerd/snapshots/testsuite"
@@ -68,6 +70,57 @@ func TestSnapshotterSuite(t *testing.T) {
 	testsuite.SnapshotterSuite(t, "dmctl", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
 		return newBackend(ctx, bin, root)
 	})
+}
+
+// TestUnpackerAdoptsLayers does, through a running containerd, what
+// containerd's unpacker (pull) does for each layer of an image: Prepare an
+// extraction snapshot labelled containerd.io/snapshot.ref=CHAINID on the
+// previous layer. A snapshotter that already holds the layer answers
+// AlreadyExists, and containerd links its committed snapshot under the
+// ChainID, found with a List filter on that label and the parent. Run by
+// tests/dm_containerd.rs with DMCTL_ADOPT_CONTAINERD (containerd's socket)
+// and DMCTL_ADOPT_CHAINS (the ChainIDs bottom to top, comma-separated);
+// skipped without them.
+func TestUnpackerAdoptsLayers(t *testing.T) {
+	addr, chains := os.Getenv("DMCTL_ADOPT_CONTAINERD"), os.Getenv("DMCTL_ADOPT_CHAINS")
+	if addr == "" || chains == "" {
+		t.Skip("DMCTL_ADOPT_CONTAINERD and DMCTL_ADOPT_CHAINS not set")
+	}
+	ctx := namespaces.WithNamespace(context.Background(), "default")
+	dialer := func(ctx context.Context, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", addr)
+	}
+	dctx, cancel := context.WithTimeout(ctx, socketWait)
+	defer cancel()
+	conn, err := grpc.DialContext(dctx, "localhost",
+		grpc.WithInsecure(), grpc.WithBlock(), grpc.WithContextDialer(dialer))
+	if err != nil {
+		t.Fatalf("dial containerd %s: %v", addr, err)
+	}
+	defer conn.Close()
+	// containerd's own snapshots service, which dispatches to the dmctl
+	// proxy plugin through its metadata layer (namespaces, links).
+	sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), snapshotterName())
+	parent := ""
+	for i, chain := range strings.Split(chains, ",") {
+		key := fmt.Sprintf("extract-%d-%d %s", time.Now().UnixNano(), i, chain)
+		_, err := sn.Prepare(ctx, key, parent, snapshots.WithLabels(map[string]string{
+			"containerd.io/snapshot.ref": chain,
+		}))
+		if !errdefs.IsAlreadyExists(err) {
+			t.Fatalf("layer %d (%s): Prepare: want AlreadyExists (adopted), got %v", i+1, chain, err)
+		}
+		info, err := sn.Stat(ctx, chain)
+		if err != nil {
+			t.Fatalf("layer %d (%s): not linked under its ChainID: %v", i+1, chain, err)
+		}
+		if info.Kind != snapshots.KindCommitted || info.Parent != parent {
+			t.Fatalf("layer %d (%s): %+v, want committed on %q", i+1, chain, info, parent)
+		}
+		t.Logf("layer %d adopted: %s", i+1, chain)
+		parent = chain
+	}
 }
 
 // prefixWriter writes each line to w with a prefix (the pool name), so the
@@ -121,7 +174,9 @@ func newBackend(ctx context.Context, bin, root string) (snapshots.Snapshotter, f
 	}
 
 	logw := &prefixWriter{w: os.Stderr, prefix: "[dmctl serve " + pool + "] "}
-	serve := exec.Command(bin, "--root", state, "serve", pool, "--address", sock)
+	// Small filesystems: the suite tests the contract, and the guest's root
+	// (where the pools' sparse files live) is RAM; 20 subtests run at once.
+	serve := exec.Command(bin, "--root", state, "serve", pool, "--address", sock, "--size", "256M")
 	serve.Stdout = logw
 	serve.Stderr = logw
 	if err := serve.Start(); err != nil {

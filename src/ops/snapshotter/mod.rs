@@ -31,6 +31,7 @@ use super::volume::{self, CreateRequest};
 use super::{devnode, image, Ctx};
 use crate::error::{Error, Result};
 use crate::image::oci::Digest;
+use crate::kernel::mount;
 use crate::kernel::status::{parse_thin_status, ThinStatus};
 use crate::names::{self, VolumeRef};
 use crate::store::model::{
@@ -255,7 +256,10 @@ impl Snapshotter {
                 fs: Some(self.settings.fs),
                 mkfs_args: mkfs_args(self.settings.fs),
             };
-            volume::create_locked(ctx, &mut s, &req)?;
+            let (vol, info) = volume::create_locked(ctx, &mut s, &req)?;
+            if vol.fs == Some(Filesystem::Ext4) {
+                remove_lost_found(ctx, pool, &vol.name, &devnode(&info))?;
+            }
             return Ok(());
         };
         let origin = VolumeRef::new(pool, &parent.volume)?;
@@ -718,6 +722,58 @@ impl Snapshotter {
         }
         Ok(swept)
     }
+}
+
+/// An empty snapshot is empty: mke2fs makes `lost+found`, which
+/// containerd's layers do not have (its devmapper snapshotter removes it
+/// the same way, through a scratch mount).
+fn remove_lost_found(ctx: &Ctx, pool: &str, volume: &str, dev: &std::path::Path) -> Result<()> {
+    let dir = ctx.store.scratch_mountpoint(pool, volume)?;
+    crate::fsutil::create_private_dir(&dir)?;
+    mount::mount(dev, &dir, Filesystem::Ext4.as_str(), false, "noinit_itable")?;
+    let removed = std::fs::remove_dir(dir.join("lost+found")).map_err(|e| Error::io(&dir, e));
+    let unmounted = mount::umount(&dir);
+    let _ = std::fs::remove_dir(&dir);
+    removed.and(unmounted)
+}
+
+/// containerd snapshots of the pool whose volume is missing (`dmctl rm
+/// --force` of one, or a lost record): what `dmctl check` reports.
+pub fn broken(ctx: &Ctx, pool: &str) -> Result<Vec<String>> {
+    let t = ctx.store.load_snapshots(pool)?;
+    let mut out = Vec::new();
+    for r in t.snapshots.iter().filter(|r| !r.creating) {
+        if ctx.store.load_volume(pool, &r.volume)?.is_none() {
+            out.push(format!("{:?} (volume {} is missing)", r.key, r.volume));
+        }
+    }
+    Ok(out)
+}
+
+/// `dmctl check --repair` with no server running: drop the records of
+/// snapshots whose volume is missing (and spares whose volume is); their
+/// keys.
+pub fn forget_broken(ctx: &Ctx, pool: &str) -> Result<Vec<String>> {
+    let mut t = ctx.store.load_snapshots(pool)?;
+    let mut gone = Vec::new();
+    let mut keep = Vec::new();
+    for r in std::mem::take(&mut t.snapshots) {
+        if !r.creating && ctx.store.load_volume(pool, &r.volume)?.is_none() {
+            gone.push(r.key);
+        } else {
+            keep.push(r);
+        }
+    }
+    t.snapshots = keep;
+    let mut spares = Vec::new();
+    for sp in std::mem::take(&mut t.spares) {
+        if ctx.store.load_volume(pool, &sp.volume)?.is_some() {
+            spares.push(sp);
+        }
+    }
+    t.spares = spares;
+    ctx.store.save_snapshots(pool, &t)?;
+    Ok(gone)
 }
 
 fn find<'a>(t: &'a SnapshotTable, key: &str) -> Option<&'a SnapshotRecord> {
