@@ -138,12 +138,16 @@ impl Containerd {
         let sock = dir.join("containerd.sock");
         let config = dir.join("config.toml");
         let log = dir.join("containerd.log");
+        // The garbage collector is kept from running on its own (mutation
+        // threshold): it would remove the unreferenced snapshots the tests
+        // make with `ctr snapshots` between two commands.
         fs::write(
             &config,
             format!(
                 "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
                  [grpc]\n  address = \"{sock}\"\n\
+                 [plugins.\"io.containerd.gc.v1.scheduler\"]\n  mutation_threshold = 100000\n\
                  [proxy_plugins]\n  [proxy_plugins.dmctl]\n    type = \"snapshot\"\n    \
                  address = \"{snap}\"\n",
                 root = s(&dir.join("root")),
@@ -358,7 +362,10 @@ fn serve_runs_ctr_containers_across_restarts() {
     let serve = f.serve(None);
     let other = f.dir.path().join("second.sock");
     let second = f.d.fails(&["serve", POOL, "--address", s(&other)]);
-    assert!(second.contains("already served"), "a second server: {second}");
+    assert!(
+        second.contains("already served"),
+        "a second server: {second}"
+    );
     assert!(!other.exists(), "the refused server made no socket");
     let ctd = f.containerd();
     let plugins = ctd.ok(&["plugins", "ls"]);

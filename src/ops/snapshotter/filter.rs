@@ -57,18 +57,20 @@ impl Selector {
     fn holds(&self, s: &SnapshotRecord) -> bool {
         let value = field(s, &self.path);
         match &self.op {
-            Op::Present => value.is_some_and(|v| !v.is_empty()),
+            Op::Present => value.is_some(),
             Op::Equal(want) => value.as_deref() == Some(want.as_str()),
             Op::NotEqual(want) => value.as_deref() != Some(want.as_str()),
         }
     }
 }
 
-/// The value of a field path of a snapshot, if it has one.
+/// The value of a field path of a snapshot, if it has one. As containerd's
+/// own snapshotters have it: name, kind and parent are always present (a
+/// snapshot without a parent has parent ""); a label only if it is set.
 fn field(s: &SnapshotRecord, path: &[String]) -> Option<String> {
     match path {
         [f] if f == "name" => Some(s.key.clone()),
-        [f] if f == "parent" => s.parent.clone(),
+        [f] if f == "parent" => Some(s.parent.clone().unwrap_or_default()),
         [f] if f == "kind" => Some(s.kind.as_str().to_string()),
         [f, rest @ ..] if f == "labels" && !rest.is_empty() => {
             s.labels.get(&rest.join(".")).cloned()
@@ -248,7 +250,10 @@ mod tests {
         assert!(f(&["labels.a"]).matches(&s));
         assert!(!f(&["labels.b"]).matches(&s));
         assert!(f(&["labels.b!=2"]).matches(&s));
-        assert!(!f(&["parent"]).matches(&s));
+        // containerd's suite: a root's parent is "", present and equal to "".
+        assert!(f(&["parent"]).matches(&s));
+        assert!(f(&[r#"parent=="""#]).matches(&s));
+        assert!(!f(&[r#"parent!="""#]).matches(&s));
         assert!(f(&[r#"name=="k""#]).matches(&s));
     }
 

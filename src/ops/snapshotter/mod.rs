@@ -511,13 +511,16 @@ impl Snapshotter {
         }
         let usage = self.usage_of_key(ctx, key).ok().map(|u| u.size);
         self.with_table(ctx, |t| {
-            if find(t, key).is_none() && find(t, name).is_none() {
+            if find(t, key).is_none() {
                 // A commit containerd retries after the server died before
-                // answering: containerd asks again under a fresh name (its
-                // keys carry a counter); the snapshot committed from `key`
-                // takes that name.
+                // answering: under the same name, or a fresh one (its keys
+                // carry a counter), which the snapshot committed from `key`
+                // then takes.
+                let free = find(t, name).is_none();
                 if let Some(r) = t.snapshots.iter_mut().find(|r| {
-                    r.kind == SnapshotKind::Committed && r.committed_from.as_deref() == Some(key)
+                    r.kind == SnapshotKind::Committed
+                        && r.committed_from.as_deref() == Some(key)
+                        && (free || r.key == name)
                 }) {
                     r.key = name.to_string();
                     r.labels = labels;
