@@ -125,6 +125,17 @@ impl Serve {
     }
 }
 
+/// A server a failing test leaves running is killed, so the pool can be
+/// destroyed (`pool destroy` refuses a served pool).
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A running containerd with its own root, state and socket, and the
 /// dmctl proxy snapshotter at `snap_sock`.
 struct Containerd {
@@ -215,6 +226,15 @@ impl Containerd {
 
     fn stop(mut self) {
         sigterm_and_wait(&mut self.child);
+    }
+}
+
+/// containerd holds mounts of the pool's devices: it goes before the pool.
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            sigterm_and_wait(&mut self.child);
+        }
     }
 }
 
@@ -645,6 +665,16 @@ fn serve_killed_at_every_crash_point_recovers_on_restart() {
             std::thread::sleep(Duration::from_millis(500));
             out = ctd.ctr(&snap_args(args));
         }
+        if serve.alive() {
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        assert!(
+            !serve.alive(),
+            "{point}: the server is still alive after {args:?}: ctr: {}\nserve: {}\ncontainerd: {}",
+            text(&out),
+            serve.log_text(),
+            ctd.log_tail()
+        );
         let status = serve.wait_dead();
         assert!(
             !status.success(),

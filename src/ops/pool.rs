@@ -417,6 +417,7 @@ fn mounted_volumes(ctx: &Ctx, rec: &PoolRecord) -> Result<Vec<String>> {
 /// `pool activate` restores them.
 pub fn deactivate(ctx: &Ctx, pool: &str) -> Result<()> {
     let _lock = ctx.store.lock_pool(pool)?;
+    let _server = refuse_while_served(ctx, pool)?;
     let rec = ctx.ready_pool(pool)?;
     // Waiting spares are dmctl's own mounts: they go, the spares stay.
     super::spare::unmount_all(ctx, &rec)?;
@@ -436,11 +437,25 @@ pub fn deactivate(ctx: &Ctx, pool: &str) -> Result<()> {
     detach_loops(&rec)
 }
 
+/// A pool that `dmctl serve` serves is not taken away under containerd,
+/// `--force` or not: stop the server first. The server's lock is held for
+/// the caller's operation, so no server starts meanwhile.
+fn refuse_while_served(ctx: &Ctx, pool: &str) -> Result<crate::fsutil::LockFile> {
+    ctx.store.lock_server(pool).map_err(|e| match e {
+        Error::Busy(_) => Error::Busy(format!(
+            "pool '{pool}' is served to containerd by `dmctl serve`: stop it first \
+             (systemctl stop dmctl-serve@{pool})"
+        )),
+        other => other,
+    })
+}
+
 /// `dmctl pool destroy`: everything of the pool goes: volumes, devices,
 /// backing files, metadata. Refused while volumes are mounted; a pool with
 /// volumes needs `force`.
 pub fn destroy(ctx: &Ctx, pool: &str, force: bool) -> Result<()> {
     let _lock = ctx.store.lock_pool(pool)?;
+    let _server = refuse_while_served(ctx, pool)?;
     let rec = ctx.store.load_pool(pool)?;
     if rec.state == PoolState::Creating {
         return undo_create(ctx, &rec);
