@@ -153,16 +153,26 @@ impl Snapshotter {
             })
             .transpose()?;
         let parent = (!parent.is_empty()).then(|| parent.to_string());
+        if let (Some(chain), SnapshotKind::Active) = (labels.get(REF_LABEL), kind) {
+            // The adopted record is written before containerd hears
+            // AlreadyExists: it looks for it next.
+            let adopted = self.with_table(ctx, |t| {
+                if find(t, key).is_some() {
+                    return Ok((false, false));
+                }
+                let before = t.snapshots.len();
+                let adopted = self.adopt(ctx, t, chain, parent.as_deref())?;
+                Ok((adopted, t.snapshots.len() != before))
+            })?;
+            if adopted {
+                return Err(Error::Exists(format!(
+                    "target snapshot {chain:?} already exists"
+                )));
+            }
+        }
         let (rec, parent_rec, warm) = self.with_table(ctx, |t| {
             if find(t, key).is_some() {
                 return Err(Error::Exists(format!("snapshot {key:?} already exists")));
-            }
-            if let Some(chain) = labels.get(REF_LABEL) {
-                if kind == SnapshotKind::Active && self.adopt(ctx, t, chain, parent.as_deref())? {
-                    return Err(Error::Exists(format!(
-                        "target snapshot {chain:?} already exists"
-                    )));
-                }
             }
             let parent_rec = match &parent {
                 None => None,

@@ -323,3 +323,62 @@ fn a_prepare_takes_a_ready_spare_without_kernel_work() {
     assert!(s.sweep(&f.ctx, false).unwrap().kept.is_empty());
     assert_eq!(s.sweep(&f.ctx, true).unwrap().kept, ["ctr.5"]);
 }
+
+/// Regression: the adopted record was made in the table but not written
+/// (the AlreadyExists answer left the table unsaved), so containerd's
+/// lookup that follows found nothing.
+#[test]
+fn an_adopted_layer_is_recorded_before_containerd_looks_for_it() {
+    use crate::image::oci::Digest;
+    use crate::ops::image::LayerRecord;
+    let f = fixture();
+    with_table(&f);
+    let chain = format!("sha256:{}", "ab".repeat(32));
+    let digest: Digest = chain.parse().unwrap();
+    let volume = crate::ops::image::layer_volume_name(&digest);
+    f.add_volume(&volume, 7, false);
+    let layer = LayerRecord {
+        chain_id: digest.clone(),
+        diff_id: digest.clone(),
+        parent: None,
+        volume: volume.clone(),
+        size: 1,
+        created: 0,
+    };
+    let file = f.ctx.store.layer_file(POOL, digest.hex()).unwrap();
+    crate::fsutil::create_private_dir(file.parent().unwrap()).unwrap();
+    crate::fsutil::write_json_atomic(&file, &layer).unwrap();
+    let s = snapshotter();
+    let key = format!("default/1/extract-1 {chain}");
+    let e = s
+        .prepare(
+            &f.ctx,
+            SnapshotKind::Active,
+            &key,
+            "",
+            labels(&[(REF_LABEL, &chain)]),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Exists(_)), "{e:?}");
+    // containerd's unpacker's lookup.
+    let filter = format!(r#"labels."containerd.io/snapshot.ref"=={chain},parent=="""#);
+    let found = s
+        .list(&f.ctx, &super::Filters::parse(&[filter]).unwrap())
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (found[0].volume.as_str(), found[0].owns_volume),
+        (volume.as_str(), false)
+    );
+    assert_eq!(found[0].kind, SnapshotKind::Committed);
+    // Asked again (another namespace), the same record answers.
+    let again = s.prepare(
+        &f.ctx,
+        SnapshotKind::Active,
+        "default/2/x",
+        "",
+        labels(&[(REF_LABEL, &chain)]),
+    );
+    assert!(matches!(again, Err(Error::Exists(_))));
+    assert_eq!(s.list(&f.ctx, &Default::default()).unwrap().len(), 4);
+}
