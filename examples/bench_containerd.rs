@@ -45,11 +45,12 @@ struct Config {
     runs: usize,
     burst: usize,
     spares: usize,
+    prepares: usize,
 }
 
 fn usage() -> &'static str {
     "usage: bench_containerd --in-guest --image TAR --ref REF [--dmctl PATH] [--work DIR]\n\
-     \x20      [--runs 50] [--burst 20] [--spares 4]\n\
+     \x20      [--runs 50] [--burst 20] [--spares 4] [--prepares 50] (0 skips a phase)\n\
      Creates loop and dm devices and mounts: run it in a throwaway guest (vm-tests/bench-containerd)."
 }
 
@@ -64,6 +65,7 @@ fn parse_args() -> Result<Config> {
         runs: 50,
         burst: 20,
         spares: 4,
+        prepares: 50,
     };
     let mut in_guest = false;
     let mut args = std::env::args().skip(1);
@@ -81,6 +83,7 @@ fn parse_args() -> Result<Config> {
             "--runs" => cfg.runs = val()?.parse().context("--runs")?,
             "--burst" => cfg.burst = val()?.parse().context("--burst")?,
             "--spares" => cfg.spares = val()?.parse().context("--spares")?,
+            "--prepares" => cfg.prepares = val()?.parse().context("--prepares")?,
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -93,9 +96,6 @@ fn parse_args() -> Result<Config> {
     }
     if cfg.image.as_os_str().is_empty() || cfg.reference.is_empty() {
         bail!("--image and --ref are required\n{}", usage());
-    }
-    if cfg.runs == 0 || cfg.burst == 0 {
-        bail!("--runs and --burst must be at least 1");
     }
     Ok(cfg)
 }
@@ -177,7 +177,20 @@ fn devmapper_pool(work: &Path) -> Result<String> {
         "0 {} thin-pool {meta_dev} {data_dev} 128 32768 1 skip_block_zeroing",
         POOL_BYTES / 512
     );
-    run(Command::new("dmsetup").args(["--noudevsync", "create", &name, "--table", &table]))?;
+    // No udev in the guest: libdevmapper makes /dev/mapper/NAME itself
+    // (containerd's devmapper opens the pool there, and its thin devices).
+    run(Command::new("dmsetup").env("DM_DISABLE_UDEV", "1").args([
+        "--noudevsync",
+        "create",
+        &name,
+        "--table",
+        &table,
+    ]))?;
+    run(Command::new("dmsetup").env("DM_DISABLE_UDEV", "1").args([
+        "--noudevsync",
+        "mknodes",
+        &name,
+    ]))?;
     Ok(name)
 }
 
@@ -286,7 +299,7 @@ fn setup(cfg: &Config) -> Result<World> {
             let f: Vec<&str> = l.split_whitespace().collect();
             f.first() == Some(&"io.containerd.snapshotter.v1")
                 && f.get(1) == Some(&sn)
-                && l.ends_with("ok")
+                && f.last() == Some(&"ok")
         });
         if !ok {
             bail!(
@@ -363,68 +376,176 @@ fn bench(cfg: &Config) -> Result<()> {
         println!("| {sn} | {} |", fmt_ms(ms(*d)));
     }
 
-    // One warm-up run each (first starts page in the shim and runc).
+    if cfg.prepares > 0 {
+        prepare_phase(&world, cfg)?;
+    }
+    if cfg.runs > 0 {
+        // One warm-up run each (first starts page in the shim and runc).
+        for sn in SNAPSHOTTERS {
+            ctr_run(&world, cfg, sn, &format!("warmup-{sn}"))?;
+        }
+        let mut samples: Vec<Vec<Duration>> = vec![vec![]; SNAPSHOTTERS.len()];
+        for round in 0..cfg.runs {
+            for k in 0..SNAPSHOTTERS.len() {
+                let i = (k + round) % SNAPSHOTTERS.len();
+                let sn = SNAPSHOTTERS[i];
+                let t = Instant::now();
+                ctr_run(&world, cfg, sn, &format!("r{round}-{sn}"))?;
+                samples[i].push(t.elapsed());
+            }
+            // Give the warm server's refill a moment, as a runner between
+            // jobs would; every contender gets the same pause.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!(
+            "\n## `ctr run --rm --snapshotter S IMAGE ID /bin/true`, {} runs each, interleaved\n",
+            cfg.runs
+        );
+        let base = stats(&samples[0]);
+        println!("| snapshotter | p50 ms | p95 ms | p50 / overlayfs | p95 / overlayfs |\n|---|---:|---:|---:|---:|");
+        let mut p50 = Vec::new();
+        for (i, sn) in SNAPSHOTTERS.iter().enumerate() {
+            let (med, p95, _) = stats(&samples[i]);
+            p50.push((med, p95));
+            println!(
+                "| {sn} | {} | {} | {:.2} | {:.2} |",
+                fmt_ms(med),
+                fmt_ms(p95),
+                med / base.0,
+                p95 / base.1
+            );
+        }
+        println!(
+            "\ndevmapper / dmctl (p50): cold {:.2}, warm {:.2}",
+            p50[1].0 / p50[2].0,
+            p50[1].0 / p50[3].0
+        );
+    }
+    if cfg.burst > 0 {
+        println!(
+            "\n## Burst: {} `ctr run --rm` started at once, until the last exits\n",
+            cfg.burst
+        );
+        println!("| snapshotter | burst ms | / overlayfs |\n|---|---:|---:|");
+        let mut bursts = Vec::new();
+        for sn in SNAPSHOTTERS {
+            std::thread::sleep(Duration::from_secs(2));
+            let t = Instant::now();
+            let kids: Vec<Child> = (0..cfg.burst)
+                .map(|i| {
+                    world
+                        .ctr()
+                        .args([
+                            "run",
+                            "--rm",
+                            "--snapshotter",
+                            sn,
+                            &cfg.reference,
+                            &format!("b{i}-{sn}"),
+                            "/bin/true",
+                        ])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                })
+                .collect::<std::io::Result<_>>()?;
+            for k in kids {
+                let out = k.wait_with_output()?;
+                if !out.status.success() {
+                    bail!("burst on {sn}: {}", String::from_utf8_lossy(&out.stderr));
+                }
+            }
+            bursts.push(t.elapsed());
+        }
+        for (i, sn) in SNAPSHOTTERS.iter().enumerate() {
+            println!(
+                "| {sn} | {} | {:.2} |",
+                fmt_ms(ms(bursts[i])),
+                ms(bursts[i]) / ms(bursts[0])
+            );
+        }
+        println!(
+            "\ndevmapper / dmctl (burst): cold {:.2}, warm {:.2}",
+            ms(bursts[1]) / ms(bursts[2]),
+            ms(bursts[1]) / ms(bursts[3])
+        );
+    }
+    drop(world);
+    println!("\ntotal run time {:.0} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The snapshotter alone: `ctr snapshots --snapshotter S prepare KEY TOP`
+/// on the image's top layer (what a container start asks of it), timed
+/// from spawn to exit, `--prepares` rounds interleaved; then the same
+/// number at once per snapshotter. Each snapshot is removed untimed, with
+/// a synchronous garbage collection so removals never overlap a sample.
+fn prepare_phase(world: &World, cfg: &Config) -> Result<()> {
+    let mut tops = Vec::new();
     for sn in SNAPSHOTTERS {
-        ctr_run(&world, cfg, sn, &format!("warmup-{sn}"))?;
+        // The committed snapshot with a parent: the top of the 2-layer image.
+        let listed = run(world.ctr().args(["snapshots", "--snapshotter", sn, "ls"]))?;
+        let top = listed
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() == 3 && f[2] == "Committed" && f[1].starts_with("sha256:"))
+            .map(|f| f[0].to_string())
+            .ok_or_else(|| anyhow!("no top layer in {sn}'s snapshots: {listed}"))?;
+        tops.push(top);
     }
     let mut samples: Vec<Vec<Duration>> = vec![vec![]; SNAPSHOTTERS.len()];
-    for round in 0..cfg.runs {
+    for round in 0..cfg.prepares {
         for k in 0..SNAPSHOTTERS.len() {
             let i = (k + round) % SNAPSHOTTERS.len();
-            let sn = SNAPSHOTTERS[i];
-            let t = Instant::now();
-            ctr_run(&world, cfg, sn, &format!("r{round}-{sn}"))?;
-            samples[i].push(t.elapsed());
+            let (sn, key) = (SNAPSHOTTERS[i], format!("p{round}"));
+            let prep = ["snapshots", "--snapshotter", sn, "prepare", &key, &tops[i]];
+            samples[i].push(timed(|| run(world.ctr().args(prep)).map(|_| ()))?);
         }
-        // Give the warm server's refill a moment, as a runner between
-        // jobs would; every contender gets the same pause.
-        std::thread::sleep(Duration::from_millis(200));
+        for sn in SNAPSHOTTERS {
+            run(world
+                .ctr()
+                .args(["snapshots", "--snapshotter", sn, "rm", &format!("p{round}")]))?;
+        }
+        gc(world)?;
     }
     println!(
-        "\n## `ctr run --rm --snapshotter S IMAGE ID /bin/true`, {} runs each, interleaved\n",
-        cfg.runs
+        "\n## Prepare of a container root: `ctr snapshots --snapshotter S prepare KEY TOP`, {} each, interleaved\n",
+        cfg.prepares
     );
-    let base = stats(&samples[0]);
-    println!("| snapshotter | p50 ms | p95 ms | p50 / overlayfs | p95 / overlayfs |\n|---|---:|---:|---:|---:|");
-    let mut p50 = Vec::new();
+    println!("| snapshotter | p50 ms | p95 ms | p50 / overlayfs | devmapper / S (p50) |\n|---|---:|---:|---:|---:|");
+    let base = stats(&samples[0]).0;
+    let dm = stats(&samples[1]).0;
     for (i, sn) in SNAPSHOTTERS.iter().enumerate() {
         let (med, p95, _) = stats(&samples[i]);
-        p50.push((med, p95));
         println!(
             "| {sn} | {} | {} | {:.2} | {:.2} |",
             fmt_ms(med),
             fmt_ms(p95),
-            med / base.0,
-            p95 / base.1
+            med / base,
+            dm / med
         );
     }
     println!(
-        "\ndevmapper / dmctl (p50): cold {:.2}, warm {:.2}",
-        p50[1].0 / p50[2].0,
-        p50[1].0 / p50[3].0
+        "\n## {} Prepares at once on the top layer, until the last is done\n",
+        cfg.burst.max(1)
     );
-
-    println!(
-        "\n## Burst: {} `ctr run --rm` started at once, until the last exits\n",
-        cfg.burst
-    );
-    println!("| snapshotter | burst ms | / overlayfs |\n|---|---:|---:|");
+    println!("| snapshotter | burst ms | / overlayfs | devmapper / S |\n|---|---:|---:|---:|");
     let mut bursts = Vec::new();
-    for sn in SNAPSHOTTERS {
+    for (i, sn) in SNAPSHOTTERS.iter().enumerate() {
         std::thread::sleep(Duration::from_secs(2));
         let t = Instant::now();
-        let kids: Vec<Child> = (0..cfg.burst)
-            .map(|i| {
+        let kids: Vec<Child> = (0..cfg.burst.max(1))
+            .map(|j| {
                 world
                     .ctr()
                     .args([
-                        "run",
-                        "--rm",
+                        "snapshots",
                         "--snapshotter",
                         sn,
-                        &cfg.reference,
-                        &format!("b{i}-{sn}"),
-                        "/bin/true",
+                        "prepare",
+                        &format!("b{j}"),
+                        &tops[i],
                     ])
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
@@ -434,26 +555,36 @@ fn bench(cfg: &Config) -> Result<()> {
         for k in kids {
             let out = k.wait_with_output()?;
             if !out.status.success() {
-                bail!("burst on {sn}: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "prepare burst on {sn}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
         bursts.push(t.elapsed());
+        for j in 0..cfg.burst.max(1) {
+            run(world
+                .ctr()
+                .args(["snapshots", "--snapshotter", sn, "rm", &format!("b{j}")]))?;
+        }
+        gc(world)?;
     }
     for (i, sn) in SNAPSHOTTERS.iter().enumerate() {
         println!(
-            "| {sn} | {} | {:.2} |",
+            "| {sn} | {} | {:.2} | {:.2} |",
             fmt_ms(ms(bursts[i])),
-            ms(bursts[i]) / ms(bursts[0])
+            ms(bursts[i]) / ms(bursts[0]),
+            ms(bursts[1]) / ms(bursts[i])
         );
     }
-    println!(
-        "\ndevmapper / dmctl (burst): cold {:.2}, warm {:.2}",
-        ms(bursts[1]) / ms(bursts[2]),
-        ms(bursts[1]) / ms(bursts[3])
-    );
-    drop(world);
-    println!("\ntotal run time {:.0} s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// A synchronous garbage collection of containerd's: the removal of an
+/// empty lease with `--sync`.
+fn gc(world: &World) -> Result<()> {
+    let id = run(world.ctr().args(["leases", "create"]))?;
+    run(world.ctr().args(["leases", "delete", "--sync", id.trim()])).map(|_| ())
 }
 
 fn ctr_run(world: &World, cfg: &Config, sn: &str, id: &str) -> Result<()> {

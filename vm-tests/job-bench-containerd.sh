@@ -12,4 +12,5 @@ echo "DMCTL-VM: bench-containerd: $(uname -r), $(date -u)"
     --ref "${DMCTL_CONTAINERD_IMAGE_REF:?}" \
     --runs "${DMCTL_VM_RUNS:-50}" \
     --burst "${DMCTL_VM_BURST:-20}" \
-    --spares "${DMCTL_VM_SPARES:-4}"
+    --spares "${DMCTL_VM_SPARES:-4}" \
+    --prepares "${DMCTL_VM_PREPARES:-50}"
