@@ -39,6 +39,7 @@ use crate::store::model::{
 };
 use crate::units::SECTOR;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 pub use filter::Filters;
@@ -90,6 +91,9 @@ pub struct Snapshotter {
     table: Mutex<()>,
     /// Parents whose spares are being made (one refill per parent).
     refilling: Mutex<std::collections::HashSet<String>>,
+    /// Prepares making a volume now: a refill waits for them (they would
+    /// otherwise queue behind it for the pool lock).
+    making: std::sync::atomic::AtomicUsize,
 }
 
 fn not_found(key: &str) -> Error {
@@ -102,6 +106,7 @@ impl Snapshotter {
             settings,
             table: Mutex::new(()),
             refilling: Mutex::new(Default::default()),
+            making: Default::default(),
         }
     }
 
@@ -228,7 +233,10 @@ impl Snapshotter {
             return self.mounts_of(ctx, &rec);
         }
         crate::crashpoint::hit("serve-prepare:recorded");
-        if let Err(e) = self.make_volume(ctx, &rec, parent_rec.as_ref(), size) {
+        self.making.fetch_add(1, Ordering::SeqCst);
+        let made = self.make_volume(ctx, &rec, parent_rec.as_ref(), size);
+        self.making.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = made {
             // The volume operations undid their own part; drop the record.
             self.with_table(ctx, |t| {
                 t.snapshots
@@ -413,6 +421,10 @@ impl Snapshotter {
         let pool = &self.settings.pool;
         let mut made = 0;
         loop {
+            // Spares are for later: a Prepare making a volume now goes first.
+            while self.making.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             let next = self.with_table(ctx, |t| {
                 let have = t.spares.iter().filter(|sp| sp.parent == parent).count();
                 let p =
