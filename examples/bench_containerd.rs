@@ -430,32 +430,21 @@ fn bench(cfg: &Config) -> Result<()> {
         let mut bursts = Vec::new();
         for sn in SNAPSHOTTERS {
             std::thread::sleep(Duration::from_secs(2));
-            let t = Instant::now();
-            let kids: Vec<Child> = (0..cfg.burst)
-                .map(|i| {
-                    world
-                        .ctr()
-                        .args([
-                            "run",
-                            "--rm",
-                            "--snapshotter",
-                            sn,
-                            &cfg.reference,
-                            &format!("b{i}-{sn}"),
-                            "/bin/true",
-                        ])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::piped())
-                        .spawn()
-                })
-                .collect::<std::io::Result<_>>()?;
-            for k in kids {
-                let out = k.wait_with_output()?;
-                if !out.status.success() {
-                    bail!("burst on {sn}: {}", String::from_utf8_lossy(&out.stderr));
-                }
-            }
-            bursts.push(t.elapsed());
+            let d = at_once(&format!("burst on {sn}"), cfg.burst, |i| {
+                let mut c = world.ctr();
+                let id = format!("b{i}-{sn}");
+                c.args([
+                    "run",
+                    "--rm",
+                    "--snapshotter",
+                    sn,
+                    &cfg.reference,
+                    &id,
+                    "/bin/true",
+                ]);
+                c
+            })?;
+            bursts.push(d);
         }
         for (i, sn) in SNAPSHOTTERS.iter().enumerate() {
             println!(
@@ -534,34 +523,13 @@ fn prepare_phase(world: &World, cfg: &Config) -> Result<()> {
     let mut bursts = Vec::new();
     for (i, sn) in SNAPSHOTTERS.iter().enumerate() {
         std::thread::sleep(Duration::from_secs(2));
-        let t = Instant::now();
-        let kids: Vec<Child> = (0..cfg.burst.max(1))
-            .map(|j| {
-                world
-                    .ctr()
-                    .args([
-                        "snapshots",
-                        "--snapshotter",
-                        sn,
-                        "prepare",
-                        &format!("b{j}"),
-                        &tops[i],
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-            })
-            .collect::<std::io::Result<_>>()?;
-        for k in kids {
-            let out = k.wait_with_output()?;
-            if !out.status.success() {
-                bail!(
-                    "prepare burst on {sn}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        }
-        bursts.push(t.elapsed());
+        let d = at_once(&format!("prepare burst on {sn}"), cfg.burst.max(1), |j| {
+            let mut c = world.ctr();
+            let key = format!("b{j}");
+            c.args(["snapshots", "--snapshotter", sn, "prepare", &key, &tops[i]]);
+            c
+        })?;
+        bursts.push(d);
         for j in 0..cfg.burst.max(1) {
             run(world
                 .ctr()
@@ -578,6 +546,27 @@ fn prepare_phase(world: &World, cfg: &Config) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Start `n` commands at once (`command(i)` makes the i-th); the time until
+/// the last one exits. Any failure fails the burst.
+fn at_once(what: &str, n: usize, command: impl Fn(usize) -> Command) -> Result<Duration> {
+    let t = Instant::now();
+    let kids: Vec<Child> = (0..n)
+        .map(|i| {
+            command(i)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .collect::<std::io::Result<_>>()?;
+    for k in kids {
+        let out = k.wait_with_output()?;
+        if !out.status.success() {
+            bail!("{what}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(t.elapsed())
 }
 
 /// A synchronous garbage collection of containerd's: the removal of an
