@@ -1011,7 +1011,11 @@ pub(super) fn report_fresh(
 }
 
 /// Bytes the thin device maps, from its status line.
-fn mapped_bytes(ctx: &Ctx, pool: &PoolRecord, vol: &VolumeRecord) -> Result<Option<u64>> {
+pub(super) fn mapped_bytes(
+    ctx: &Ctx,
+    pool: &PoolRecord,
+    vol: &VolumeRecord,
+) -> Result<Option<u64>> {
     let lines = ctx.dm()?.status(&ctx.thin_dm_name(pool, vol))?;
     if let Some(line) = lines.first() {
         if let ThinStatus::Active { mapped_sectors, .. } = parse_thin_status(&line.3)? {

@@ -32,12 +32,10 @@ use super::{devnode, image, Ctx};
 use crate::error::{Error, Result};
 use crate::image::oci::Digest;
 use crate::kernel::mount;
-use crate::kernel::status::{parse_thin_status, ThinStatus};
 use crate::names::{self, VolumeRef};
 use crate::store::model::{
-    Filesystem, SnapshotKind, SnapshotRecord, SnapshotSpare, SnapshotTable, Stamp,
+    Filesystem, SnapshotKind, SnapshotRecord, SnapshotSpare, SnapshotTable, Stamp, VolumeRecord,
 };
-use crate::units::SECTOR;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -110,12 +108,8 @@ impl Snapshotter {
         }
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Read, change and write the table under the mutex. `change` returns
-    /// `Ok(None)` to leave the file unwritten.
+    /// its result and whether the table is to be written.
     fn with_table<T>(
         &self,
         ctx: &Ctx,
@@ -266,8 +260,8 @@ impl Snapshotter {
     ) -> Result<()> {
         let pool = &self.settings.pool;
         let new = VolumeRef::new(pool, &rec.volume)?;
-        let mut s = session::open(ctx, pool)?;
         let Some(parent) = parent else {
+            let mut s = session::open(ctx, pool)?;
             let req = CreateRequest {
                 volume: new,
                 size: size.unwrap_or(self.settings.size),
@@ -280,19 +274,25 @@ impl Snapshotter {
             }
             return Ok(());
         };
-        let origin = VolumeRef::new(pool, &parent.volume)?;
-        let Session {
-            lock,
-            pool: mut pool_rec,
-            device,
-        } = s;
-        let (made, _) =
-            volume::snapshot_locked(ctx, &mut pool_rec, &device, &origin, &new, None, true)?;
-        drop(lock);
+        let made = self.snapshot_of(ctx, &parent.volume, &rec.volume)?;
         if let Some(size) = size.filter(|&s| s > made.size) {
             volume::resize(ctx, &new, size)?;
         }
         Ok(())
+    }
+
+    /// An active thin snapshot `new` of the volume `origin`, in a pool
+    /// session of its own (a child's volume, or a spare).
+    fn snapshot_of(&self, ctx: &Ctx, origin: &str, new: &str) -> Result<VolumeRecord> {
+        let pool = &self.settings.pool;
+        let Session {
+            lock: _lock,
+            pool: mut pool_rec,
+            device,
+        } = session::open(ctx, pool)?;
+        let (origin, new) = (VolumeRef::new(pool, origin)?, VolumeRef::new(pool, new)?);
+        volume::snapshot_locked(ctx, &mut pool_rec, &device, &origin, &new, None, true)
+            .map(|(v, _)| v)
     }
 
     /// Adopt a layer that `dmctl image import` holds as the committed
@@ -418,7 +418,6 @@ impl Snapshotter {
     }
 
     fn refill_unlocked(&self, ctx: &Ctx, parent: &str) -> Result<usize> {
-        let pool = &self.settings.pool;
         let mut made = 0;
         loop {
             // Spares are for later: a Prepare making a volume now goes first.
@@ -449,17 +448,7 @@ impl Snapshotter {
             let Some((p, id, volume)) = next else {
                 return Ok(made);
             };
-            let made_one = (|| {
-                let Session {
-                    lock: _lock,
-                    pool: mut pool_rec,
-                    device,
-                } = session::open(ctx, pool)?;
-                let origin = VolumeRef::new(pool, &p.volume)?;
-                let new = VolumeRef::new(pool, &volume)?;
-                volume::snapshot_locked(ctx, &mut pool_rec, &device, &origin, &new, None, true)
-                    .map(|(v, _)| v.size)
-            })();
+            let made_one = self.snapshot_of(ctx, &p.volume, &volume).map(|v| v.size);
             self.with_table(ctx, |t| {
                 match &made_one {
                     Ok(size) => {
@@ -531,7 +520,7 @@ impl Snapshotter {
         if name.is_empty() {
             return Err(Error::Invalid("a snapshot name must not be empty".into()));
         }
-        let usage = self.usage_of_key(ctx, key).ok().map(|u| u.size);
+        let usage = self.usage(ctx, key).ok().map(|u| u.size);
         self.with_table(ctx, |t| {
             if find(t, key).is_none() {
                 // A commit containerd retries after the server died before
@@ -619,14 +608,11 @@ impl Snapshotter {
         Ok(())
     }
 
+    /// Remove a volume of the server's (never unmounting: one in use
+    /// stays); one already gone is fine.
     fn remove_volume(&self, ctx: &Ctx, name: &str) -> Result<()> {
         let v = VolumeRef::new(&self.settings.pool, name)?;
-        let Session {
-            lock: _lock,
-            mut pool,
-            ..
-        } = session::open(ctx, &self.settings.pool)?;
-        match volume::remove_locked(ctx, &mut pool, &v, false) {
+        match volume::remove(ctx, &v, false) {
             Err(Error::NotFound(_)) => Ok(()),
             other => other,
         }
@@ -693,26 +679,15 @@ impl Snapshotter {
     /// `Usage`: the bytes the snapshot's thin device maps (for a committed
     /// snapshot whose device is not active, what was recorded at commit).
     pub fn usage(&self, ctx: &Ctx, key: &str) -> Result<Usage> {
-        self.usage_of_key(ctx, key)
-    }
-
-    fn usage_of_key(&self, ctx: &Ctx, key: &str) -> Result<Usage> {
         let rec = self.get(ctx, key)?;
         let pool = ctx.ready_pool(&self.settings.pool)?;
         let vol = ctx.store.volume(&pool.name, &rec.volume)?;
-        if ctx.thin_device(&pool, &vol)?.is_some() {
-            let lines = ctx.dm()?.status(&ctx.thin_dm_name(&pool, &vol))?;
-            if let Some(line) = lines.first() {
-                if let ThinStatus::Active { mapped_sectors, .. } = parse_thin_status(&line.3)? {
-                    return Ok(Usage {
-                        size: mapped_sectors * SECTOR,
-                        inodes: 0,
-                    });
-                }
-            }
-        }
+        let mapped = match ctx.thin_device(&pool, &vol)? {
+            Some(_) => volume::mapped_bytes(ctx, &pool, &vol)?,
+            None => None,
+        };
         Ok(Usage {
-            size: rec.usage.unwrap_or(0),
+            size: mapped.or(rec.usage).unwrap_or(0),
             inodes: 0,
         })
     }
@@ -721,7 +696,7 @@ impl Snapshotter {
     /// of interrupted prepares (only at start, `interrupted`), and remove
     /// every `ctr.N` volume that no record holds.
     pub fn sweep(&self, ctx: &Ctx, interrupted: bool) -> Result<Swept> {
-        let held: Vec<String> = self.with_table(ctx, |t| {
+        let held: std::collections::HashSet<String> = self.with_table(ctx, |t| {
             let before = (t.snapshots.len(), t.spares.len());
             if interrupted {
                 t.snapshots.retain(|r| !r.creating);
