@@ -66,8 +66,9 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(d: &Dmctl, sock: &Path, log: &Path, crash_at: Option<&str>) -> Serve {
+    fn start(d: &Dmctl, sock: &Path, log: &Path, crash_at: Option<&str>, extra: &[&str]) -> Serve {
         let mut cmd = d.command(&["serve", POOL, "--address", s(sock), "--size", "512M"]);
+        cmd.args(extra);
         if let Some(point) = crash_at {
             cmd.env("DMCTL_CRASH_AT", point);
         }
@@ -298,10 +299,11 @@ fn agree(d: &Dmctl) {
             );
         }
     }
+    let spare_vols: Vec<String> = spares(d).into_iter().map(|(v, _)| v).collect();
     for v in &vols {
         assert!(
-            t.iter().any(|(_, _, tv, _)| tv == v),
-            "volume {v} has no snapshot record: {t:?}"
+            t.iter().any(|(_, _, tv, _)| tv == v) || spare_vols.contains(v),
+            "volume {v} has no snapshot or spare record: {t:?} {spare_vols:?}"
         );
     }
 }
@@ -322,12 +324,12 @@ impl Fixture {
     }
 
     fn serve(&self, crash_at: Option<&str>) -> Serve {
-        Serve::start(
-            &self.d,
-            &self.snap_sock,
-            &self.dir.path().join("serve.log"),
-            crash_at,
-        )
+        self.serve_with(crash_at, &[])
+    }
+
+    fn serve_with(&self, crash_at: Option<&str>, extra: &[&str]) -> Serve {
+        let log = self.dir.path().join("serve.log");
+        Serve::start(&self.d, &self.snap_sock, &log, crash_at, extra)
     }
 
     fn containerd(&self) -> Containerd {
@@ -736,5 +738,104 @@ fn serve_killed_at_every_crash_point_recovers_on_restart() {
         }
         serve.stop();
     }
+    ctd.stop();
+}
+
+/// The spares of `dmctl serve --spares`, as a table of (volume, creating).
+fn spares(d: &Dmctl) -> Vec<(String, bool)> {
+    let path = d
+        .state_root()
+        .join("pools")
+        .join(POOL)
+        .join("snapshots.json");
+    let Ok(text) = fs::read_to_string(path) else {
+        return vec![];
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["spares"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|sp| {
+                    (
+                        sp["volume"].as_str().unwrap().to_string(),
+                        sp["creating"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `--spares 2`: a container root on a committed parent makes the parent
+/// hot; two spares are made in the background and the next Prepare takes
+/// one (its volume is a spare's). A server killed while making a spare
+/// (crash point serve-spare:recorded) is repaired by the next start.
+#[test]
+fn serve_hands_out_warm_spares_and_recovers_a_crashed_refill() {
+    require_dm!("serve_hands_out_warm_spares_and_recovers_a_crashed_refill");
+    let f = Fixture::new();
+    let ctd = f.containerd();
+    let serve = f.serve_with(None, &["--spares", "2"]);
+    ctd.ok(&snap_args(&["prepare", "base-a"]));
+    ctd.ok(&snap_args(&["commit", "base", "base-a"]));
+    ctd.ok(&snap_args(&["prepare", "c1", "base"]));
+    let ready = || {
+        let sp = spares(&f.d);
+        sp.len() == 2 && sp.iter().all(|(_, creating)| !creating)
+    };
+    wait_for("two spares", Duration::from_secs(60), ready);
+    let before: Vec<String> = spares(&f.d).into_iter().map(|(v, _)| v).collect();
+    ctd.ok(&snap_args(&["prepare", "c2", "base"]));
+    let c2 = table(&f.d)
+        .into_iter()
+        .find(|r| r.0.ends_with("/c2"))
+        .unwrap_or_else(|| panic!("c2 recorded: {:?}", table(&f.d)));
+    assert!(
+        before.contains(&c2.2),
+        "c2's volume {} is a spare's: {before:?}",
+        c2.2
+    );
+    // It is a working root: a filesystem e2fsck finds clean.
+    let target = f.dir.path().join("m");
+    let cmd = ctd.ok(&snap_args(&["mounts", s(&target), "c2"]));
+    let dev = cmd
+        .split_whitespace()
+        .find(|w| w.starts_with("/dev/"))
+        .unwrap()
+        .to_string();
+    common::run("e2fsck", &["-fn", &dev]);
+    wait_for("the spare refilled", Duration::from_secs(60), ready);
+    ctd.ok(&snap_args(&["commit", "c1-committed", "c1"]));
+    serve.stop();
+    agree(&f.d);
+
+    // Killed while recording the first spare of a new hot parent.
+    let mut serve = f.serve_with(Some("serve-spare:recorded"), &["--spares", "2"]);
+    let probe = ctd.ctr_reconnecting(&snap_args(&["usage", "base"]));
+    assert!(probe.status.success(), "usage: {}", text(&probe));
+    // The server may die before or after it answers.
+    let _ = ctd.ctr(&snap_args(&["prepare", "c3", "c1-committed"]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while serve.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !serve.alive(),
+        "the refill did not reach its crash point: {}",
+        serve.log_text()
+    );
+    assert!(
+        spares(&f.d).iter().any(|(_, creating)| *creating),
+        "a spare was being made"
+    );
+    let serve = f.serve_with(None, &["--spares", "2"]);
+    let log = serve.stop();
+    assert!(
+        spares(&f.d).iter().all(|(_, creating)| !creating),
+        "the interrupted spare was swept: {:?}\n{log}",
+        spares(&f.d)
+    );
+    agree(&f.d);
     ctd.stop();
 }

@@ -448,6 +448,7 @@ impl Snapshotter {
             let Some((p, id, volume)) = next else {
                 return Ok(made);
             };
+            crate::crashpoint::hit("serve-spare:recorded");
             let made_one = self.snapshot_of(ctx, &p.volume, &volume).map(|v| v.size);
             self.with_table(ctx, |t| {
                 match &made_one {
